@@ -1,0 +1,1 @@
+"""Prefect flows (build, refresh, judge, search, export), deployments and the CLI."""

@@ -1,0 +1,1 @@
+"""Data contracts: Arrow schemas per table, run-config models, expectation suites, catalog DDL."""

@@ -1,0 +1,72 @@
+-- Catalog DDL. Idempotent: every statement can run against an existing catalog.
+CREATE TABLE IF NOT EXISTS runs (
+    run_id            VARCHAR PRIMARY KEY,
+    flow              VARCHAR NOT NULL,
+    config_name       VARCHAR,
+    config_fingerprint VARCHAR,
+    config_json       VARCHAR,
+    started_at        TIMESTAMP NOT NULL,
+    finished_at       TIMESTAMP,
+    status            VARCHAR NOT NULL,          -- running | completed | failed
+    message           VARCHAR,
+    user_name         VARCHAR,
+    host              VARCHAR,
+    prefect_flow_run_id VARCHAR
+);
+
+CREATE TABLE IF NOT EXISTS stage_runs (
+    run_id            VARCHAR NOT NULL,
+    stage             VARCHAR NOT NULL,
+    fingerprint       VARCHAR,
+    started_at        TIMESTAMP NOT NULL,
+    finished_at       TIMESTAMP,
+    status            VARCHAR NOT NULL,          -- completed | failed | skipped
+    rows_in           BIGINT,
+    rows_out          BIGINT,
+    rows_quarantined  BIGINT,
+    rows_deduplicated BIGINT,
+    model_calls       BIGINT,                    -- items sent to a model in this run
+    cache_hits        BIGINT,                    -- items reused from earlier work
+    seconds           DOUBLE,
+    message           VARCHAR
+);
+
+CREATE TABLE IF NOT EXISTS datasets (
+    name              VARCHAR NOT NULL,
+    version           INTEGER NOT NULL,
+    path              VARCHAR NOT NULL,          -- Parquet file under the data root
+    row_count         BIGINT NOT NULL,
+    content_hash      VARCHAR NOT NULL,
+    schema_fingerprint VARCHAR NOT NULL,
+    validation        VARCHAR NOT NULL,          -- JSON report of the expectation suite
+    is_current        BOOLEAN NOT NULL,
+    run_id            VARCHAR,
+    stage             VARCHAR,
+    fingerprint       VARCHAR,                   -- stage config fingerprint that produced it
+    created_at        TIMESTAMP NOT NULL,
+    PRIMARY KEY (name, version)
+);
+
+CREATE TABLE IF NOT EXISTS lineage (
+    name              VARCHAR NOT NULL,
+    version           INTEGER NOT NULL,
+    parent_name       VARCHAR NOT NULL,
+    parent_version    INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS quarantine (
+    run_id            VARCHAR,
+    stage             VARCHAR NOT NULL,
+    key               VARCHAR NOT NULL,
+    reason            VARCHAR NOT NULL,
+    payload           VARCHAR,
+    created_at        TIMESTAMP NOT NULL
+);
+
+CREATE OR REPLACE VIEW current_datasets AS
+    SELECT name, version, row_count, path, created_at, run_id
+    FROM datasets WHERE is_current ORDER BY name;
+
+CREATE OR REPLACE VIEW quarantine_by_reason AS
+    SELECT stage, regexp_extract(reason, '^([^:(]+)', 1) AS reason_kind, count(*) AS n
+    FROM quarantine GROUP BY ALL ORDER BY stage, n DESC;

@@ -1,0 +1,189 @@
+"""Arrow schema of every published table.
+
+A schema here is a contract: the publish step casts to it and refuses a table that does not
+fit, and the schema fingerprint recorded in the catalog is computed from it.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import pyarrow as pa
+
+EMBEDDING_DIM_FIELD = "dim"
+
+DOCUMENTS = pa.schema(
+    [
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("source_id", pa.string()),
+        pa.field("modality", pa.string(), nullable=False),  # text | image | interleaved
+        pa.field("text", pa.string()),
+        pa.field("image_uri", pa.string()),  # path relative to the corpus root
+        pa.field("image_sha256", pa.string()),
+        pa.field("image_width", pa.int32()),
+        pa.field("image_height", pa.int32()),
+        pa.field("image_format", pa.string()),
+        pa.field("alt_text", pa.string()),
+        pa.field("source", pa.string(), nullable=False),  # which input produced it
+        pa.field("meta", pa.string()),  # JSON object
+    ]
+)
+
+CAPTIONS = pa.schema(
+    [
+        pa.field("caption_id", pa.string(), nullable=False),
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("image_sha256", pa.string()),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),  # alt_text | model
+        pa.field("captioner", pa.string(), nullable=False),  # model@rev
+        pa.field("prompt_version", pa.string()),
+        pa.field("params", pa.string()),  # JSON generation parameters
+    ]
+)
+
+QUERIES = pa.schema(
+    [
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("target_modality", pa.string(), nullable=False),  # text | image | text+image
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("generator", pa.string(), nullable=False),
+        pa.field("prompt_version", pa.string(), nullable=False),
+        pa.field("source_text", pa.string()),
+        pa.field("pass_length", pa.bool_()),
+        pa.field("pass_copy", pa.bool_()),
+        pa.field("pass_dedup", pa.bool_()),
+        pa.field("pass_roundtrip", pa.bool_()),
+        pa.field("pass_answerable", pa.bool_()),  # NULL until a judge fills it in
+        pa.field("copy_overlap", pa.float32()),
+        pa.field("roundtrip_rank", pa.int32()),
+        pa.field("passed", pa.bool_(), nullable=False),
+        pa.field("reject_reason", pa.string()),
+    ]
+)
+
+EMBEDDINGS_BASE = [
+    pa.field("item_id", pa.string(), nullable=False),
+    pa.field("item_kind", pa.string(), nullable=False),  # document | caption | query | summary
+    pa.field("doc_id", pa.string()),
+    pa.field("content_sha256", pa.string(), nullable=False),
+    pa.field("space", pa.string(), nullable=False),  # model@rev
+]
+
+
+def embeddings_schema(dim: int) -> pa.Schema:
+    """Embeddings carry fixed-size float32 vectors; the dimension belongs to the space."""
+    return pa.schema(
+        EMBEDDINGS_BASE + [pa.field("vector", pa.list_(pa.float32(), dim), nullable=False)],
+        metadata={EMBEDDING_DIM_FIELD: str(dim)},
+    )
+
+
+CANDIDATES = pa.schema(
+    [
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),
+        pa.field("score", pa.float32()),
+        pa.field("retriever", pa.string(), nullable=False),
+    ]
+)
+
+JUDGMENTS = pa.schema(
+    [
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("judge", pa.string(), nullable=False),  # model@rev#prompt-hash, or a label-set name
+        pa.field("grade", pa.int8()),  # NULL unless status = ok
+        pa.field("p_grade", pa.list_(pa.float32(), 4)),
+        pa.field("expected_grade", pa.float32()),
+        pa.field("status", pa.string(), nullable=False),  # ok | parse_error | refused | error
+        pa.field("raw", pa.string()),
+    ]
+)
+
+NEGATIVES = pa.schema(
+    [
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("pos_doc_id", pa.string(), nullable=False),
+        pa.field("neg_doc_id", pa.string(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),
+        pa.field("score", pa.float32(), nullable=False),
+        pa.field("pos_score", pa.float32()),
+        pa.field("judge_score", pa.float32()),
+        pa.field("retriever", pa.string()),
+        pa.field("policy", pa.string(), nullable=False),
+    ]
+)
+
+TREE_NODES = pa.schema(
+    [
+        pa.field("tree_id", pa.string(), nullable=False),
+        pa.field("node_id", pa.string(), nullable=False),
+        pa.field("parent_id", pa.string()),
+        pa.field("depth", pa.int32(), nullable=False),
+        pa.field("is_leaf", pa.bool_(), nullable=False),
+        pa.field("doc_id", pa.string()),
+        pa.field("summary", pa.string()),
+        pa.field("summarizer", pa.string()),
+    ]
+)
+
+QUARANTINE = pa.schema(
+    [
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("payload", pa.string()),
+    ]
+)
+
+TABLES: dict[str, pa.Schema] = {
+    "documents": DOCUMENTS,
+    "captions": CAPTIONS,
+    "queries": QUERIES,
+    "candidates": CANDIDATES,
+    "judgments": JUDGMENTS,
+    "negatives": NEGATIVES,
+    "tree_nodes": TREE_NODES,
+}
+
+
+# Each table's natural key: rows are unique on it, and the content hash sorts by it.
+KEYS: dict[str, list[str]] = {
+    "documents": ["doc_id"],
+    "captions": ["caption_id"],
+    "queries": ["query_id"],
+    "embeddings": ["item_kind", "item_id"],
+    "candidates": ["retriever", "query_id", "doc_id"],
+    "judgments": ["judge", "query_id", "doc_id"],
+    "negatives": ["query_id", "pos_doc_id", "neg_doc_id"],
+    "tree_nodes": ["tree_id", "node_id"],
+}
+
+
+def keys_for(name: str) -> list[str]:
+    return KEYS[name.split("/", 1)[0]]
+
+
+def schema_for(name: str, table: pa.Table | None = None) -> pa.Schema:
+    """The contract for a dataset name; embeddings take their dimension from the table."""
+    base = name.split("/", 1)[0]
+    if base == "embeddings":
+        if table is None:
+            raise ValueError("an embeddings schema needs the table to read its dimension from")
+        vec = table.schema.field("vector").type
+        dim = vec.list_size if pa.types.is_fixed_size_list(vec) else len(table.column("vector")[0])
+        return embeddings_schema(dim)
+    if base not in TABLES:
+        raise KeyError(f"no schema for dataset '{name}'; known: {sorted(TABLES) + ['embeddings']}")
+    return TABLES[base]
+
+
+def schema_fingerprint(schema: pa.Schema) -> str:
+    text = ";".join(f"{f.name}:{f.type}:{f.nullable}" for f in schema)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def empty(schema: pa.Schema) -> pa.Table:
+    return schema.empty_table()

@@ -1,0 +1,1 @@
+"""Runtime shared by every stage: ids, catalog, publish, validation gate, Ray session, accounting."""

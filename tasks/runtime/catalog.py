@@ -1,0 +1,206 @@
+"""The DuckDB catalog: runs, stage runs, dataset versions, lineage and quarantine.
+
+Connections are short-lived so that readers (the CLI, notebooks) can open the file between
+writes. A run that writes holds an exclusive file lock for its whole duration; a second run
+waits for it up to a timeout and then fails with a message naming the holder.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import getpass
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+DDL = (Path(__file__).resolve().parents[2] / "schemas" / "catalog.sql").read_text()
+_EXTRA_DDL: list[str] = []  # views and macros that other modules register (judgment analysis)
+
+
+def register_ddl(sql: str) -> None:
+    """Let an analysis module add views or macros that every catalog gets on open."""
+    if sql not in _EXTRA_DDL:
+        _EXTRA_DDL.append(sql)
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class CatalogBusy(RuntimeError):
+    """Another run holds the catalog lock."""
+
+
+@dataclass(frozen=True)
+class DatasetVersion:
+    name: str
+    version: int
+    path: str
+    row_count: int
+    content_hash: str
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@v{self.version}"
+
+
+class Catalog:
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        with self.connect() as con:
+            con.execute(DDL)
+            for sql in _EXTRA_DDL:
+                con.execute(sql)
+
+    @contextlib.contextmanager
+    def connect(self, read_only: bool = False, retries: int = 50) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Open, yield, close. Retries briefly when another process has the file open."""
+        delay = 0.05
+        for attempt in range(retries):
+            try:
+                con = duckdb.connect(self.path, read_only=read_only)
+                break
+            except duckdb.IOException as e:
+                if "lock" not in str(e).lower() or attempt == retries - 1:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 1.5, 0.5)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def query(self, sql: str, params: list | None = None) -> pa.Table:
+        with self.connect() as con:
+            for extra in _EXTRA_DDL:
+                con.execute(extra)
+            return con.execute(sql, params or []).to_arrow_table()
+
+    # ---- run lock -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def run_lock(self, timeout_s: float, holder: str) -> Iterator[None]:
+        lock_path = self.path + ".lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        other = Path(lock_path).read_text().strip() or "another run"
+                        raise CatalogBusy(
+                            f"catalog {self.path} is locked by {other}; waited {timeout_s:.0f}s. "
+                            "Wait for that run to finish or raise flow.lock_timeout_s."
+                        ) from None
+                    time.sleep(0.2)
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{holder} (pid {os.getpid()} on {socket.gethostname()})".encode())
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    # ---- runs -----------------------------------------------------------------------------
+    def start_run(self, flow: str, config_name: str, config_fingerprint: str, config_json: str,
+                  prefect_flow_run_id: str | None = None) -> str:
+        run_id = f"{now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+        with self.connect() as con:
+            con.execute(
+                "INSERT INTO runs VALUES (?,?,?,?,?,?,NULL,'running',NULL,?,?,?)",
+                [run_id, flow, config_name, config_fingerprint, config_json, now(),
+                 _user(), socket.gethostname(), prefect_flow_run_id],
+            )
+        return run_id
+
+    def finish_run(self, run_id: str, status: str, message: str | None = None) -> None:
+        with self.connect() as con:
+            con.execute("UPDATE runs SET finished_at=?, status=?, message=? WHERE run_id=?",
+                        [now(), status, message, run_id])
+
+    def record_stage(self, run_id: str, stage: str, *, fingerprint: str | None, started_at: datetime,
+                     status: str, rows_in: int, rows_out: int, rows_quarantined: int,
+                     rows_deduplicated: int, model_calls: int, cache_hits: int, seconds: float,
+                     message: str | None = None) -> None:
+        with self.connect() as con:
+            con.execute(
+                "INSERT INTO stage_runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [run_id, stage, fingerprint, started_at, now(), status, rows_in, rows_out,
+                 rows_quarantined, rows_deduplicated, model_calls, cache_hits, seconds, message],
+            )
+
+    def add_quarantine(self, run_id: str | None, rows: pa.Table) -> None:
+        if rows.num_rows == 0:
+            return
+        with self.connect() as con:
+            con.register("q", rows)
+            con.execute(
+                "INSERT INTO quarantine SELECT ?, stage, key, reason, payload, ? FROM q", [run_id, now()]
+            )
+
+    # ---- datasets -------------------------------------------------------------------------
+    def current(self, name: str) -> DatasetVersion | None:
+        with self.connect() as con:
+            row = con.execute(
+                "SELECT name, version, path, row_count, content_hash FROM datasets "
+                "WHERE name=? AND is_current", [name]).fetchone()
+        return DatasetVersion(*row) if row else None
+
+    def version(self, name: str, version: int) -> DatasetVersion | None:
+        with self.connect() as con:
+            row = con.execute(
+                "SELECT name, version, path, row_count, content_hash FROM datasets "
+                "WHERE name=? AND version=?", [name, version]).fetchone()
+        return DatasetVersion(*row) if row else None
+
+    def next_version(self, con: duckdb.DuckDBPyConnection, name: str) -> int:
+        return con.execute("SELECT coalesce(max(version), 0) + 1 FROM datasets WHERE name=?",
+                           [name]).fetchone()[0]
+
+    def lineage(self, name: str, version: int | None = None) -> pa.Table:
+        """All ancestors of a dataset version, one row per edge, nearest first."""
+        if version is None:
+            cur = self.current(name)
+            if cur is None:
+                raise KeyError(f"no current version of dataset '{name}'")
+            version = cur.version
+        return self.query(
+            """
+            WITH RECURSIVE up(name, version, parent_name, parent_version, depth) AS (
+                SELECT name, version, parent_name, parent_version, 1 FROM lineage
+                WHERE name = ? AND version = ?
+                UNION ALL
+                SELECT l.name, l.version, l.parent_name, l.parent_version, up.depth + 1
+                FROM lineage l JOIN up ON l.name = up.parent_name AND l.version = up.parent_version
+            )
+            SELECT DISTINCT depth, name, version, parent_name, parent_version FROM up
+            ORDER BY depth, name, parent_name
+            """,
+            [name, version],
+        )
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - containers without a passwd entry
+        return str(os.getuid())
+
+
+def json_dumps(obj) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)

@@ -1,0 +1,114 @@
+"""Atomic, validated publish of a dataset version.
+
+1. cast to the table's contract and write Parquet to a staging path;
+2. validate with the table's expectation suite (a failure blocks everything after);
+3. move the file to its version path;
+4. in one catalog transaction: insert the version, flip the current flag, add lineage.
+
+A crash before step 4 leaves at most an unreferenced file, never a visible partial version,
+and the previous version stays current. A table whose content hash equals the current
+version's is not published again: no-change refreshes create no versions.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from schemas.tables import keys_for, schema_fingerprint, schema_for
+from tasks.runtime.catalog import Catalog, DatasetVersion, json_dumps, now
+from tasks.runtime.storage import DataRoot
+from tasks.runtime.validation import ValidationFailed, validate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PublishResult:
+    dataset: DatasetVersion
+    published: bool  # False when the content equals the current version
+    validation: dict
+
+
+def content_hash(name: str, table: pa.Table) -> str:
+    """Order-independent content hash: the IPC bytes of the table sorted by its natural key."""
+    ordered = table.sort_by([(k, "ascending") for k in keys_for(name)]).combine_chunks()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, ordered.schema) as w:
+        w.write_table(ordered, max_chunksize=max(ordered.num_rows, 1))
+    return hashlib.sha256(sink.getvalue()).hexdigest()
+
+
+def conform(name: str, table: pa.Table) -> pa.Table:
+    """Cast a table to its contract; a missing or extra column is refused with its name."""
+    schema = schema_for(name, table)
+    missing = [f.name for f in schema if f.name not in table.column_names]
+    extra = [c for c in table.column_names if c not in schema.names]
+    if missing or extra:
+        raise ValueError(f"table for '{name}' does not match its contract: missing={missing} extra={extra}")
+    return table.select(schema.names).cast(schema)
+
+
+def publish(catalog: Catalog, root: DataRoot, name: str, table: pa.Table, *,
+            parents: list[DatasetVersion] = (), run_id: str | None = None, stage: str | None = None,
+            fingerprint: str | None = None, extra_expectations: list[dict] | None = None) -> PublishResult:
+    table = conform(name, table)
+    chash = content_hash(name, table)
+    current = catalog.current(name)
+    if current is not None and current.content_hash == chash:
+        log.info("%s unchanged (%d rows); keeping %s", name, table.num_rows, current.ref)
+        return PublishResult(current, False, {"success": True, "skipped": "unchanged"})
+
+    safe = name.replace("/", "__")
+    staging = root.path("_staging", f"{safe}-{uuid.uuid4().hex}.parquet")
+    root.write(table, staging)
+    report = validate(name, table, extra_expectations)
+    if not report.success:
+        root.fs.delete_file(staging)
+        raise ValidationFailed(report)
+
+    final = root.path(safe, f"{now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}.parquet")
+    root.move(staging, final)
+
+    with catalog.connect() as con:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            version = catalog.next_version(con, name)
+            con.execute("UPDATE datasets SET is_current = false WHERE name = ? AND is_current", [name])
+            con.execute(
+                "INSERT INTO datasets VALUES (?,?,?,?,?,?,?,true,?,?,?,?)",
+                [name, version, final, table.num_rows, chash, schema_fingerprint(table.schema),
+                 json_dumps(report.to_json()), run_id, stage, fingerprint, now()],
+            )
+            for p in parents:
+                con.execute("INSERT INTO lineage VALUES (?,?,?,?)", [name, version, p.name, p.version])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    ds = DatasetVersion(name, version, final, table.num_rows, chash)
+    log.info("published %s (%d rows)", ds.ref, table.num_rows)
+    return PublishResult(ds, True, report.to_json())
+
+
+def read(catalog: Catalog, root: DataRoot, name: str, version: int | None = None) -> pa.Table:
+    """The rows of a dataset version (current by default), cast back to its contract."""
+    ds = catalog.current(name) if version is None else catalog.version(name, version)
+    if ds is None:
+        raise KeyError(f"dataset '{name}' has no {'current version' if version is None else f'version {version}'}")
+    table = root.read(ds.path)
+    return table.cast(schema_for(name, table)) if name.split("/")[0] != "embeddings" else _fix_vectors(table)
+
+
+def _fix_vectors(table: pa.Table) -> pa.Table:
+    """Parquet can hand FLOAT[d] back as FLOAT[]; restore the fixed size."""
+    vec = table.schema.field("vector").type
+    if pa.types.is_fixed_size_list(vec) or table.num_rows == 0:
+        return table
+    dim = len(table.column("vector")[0])
+    return table.cast(schema_for("embeddings", table.set_column(
+        table.schema.get_field_index("vector"), "vector",
+        table.column("vector").cast(pa.list_(pa.float32(), dim)))))

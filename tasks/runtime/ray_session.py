@@ -1,0 +1,90 @@
+"""Ray session handling: local by default, RAY_ADDRESS for a cluster, GPUs only when present.
+
+Ray waits forever for resources a cluster does not have, so a stage asks `gpus_for(device)`
+first: `auto` takes a GPU only where the cluster has one, `cuda` on a GPU-less cluster fails
+at once with a message that says what to change.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Iterator
+
+log = logging.getLogger(__name__)
+
+
+class ResourceUnavailable(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
+    """Join RAY_ADDRESS / the configured cluster, or start local Ray; shut down what we started."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    address = os.environ.get("RAY_ADDRESS") or address
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                  configure_logging=False)
+    if address:
+        log.info("joining Ray cluster at %s", address)
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=_local_gpus(), **kwargs)
+    try:
+        _quiet_ray_data()
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _local_gpus() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - no torch, no GPU
+        return 0
+
+
+def _quiet_ray_data() -> None:
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    with contextlib.suppress(AttributeError):
+        ctx.enable_operator_progress_bars = False
+
+
+def cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
+def gpus_for(device: str, stage: str, per_actor: float = 1.0) -> float:
+    """GPUs to request per actor for a stage's device setting; fails fast when impossible."""
+    available = cluster_gpus()
+    if device == "cpu":
+        return 0.0
+    if device == "cuda":
+        if available < per_actor:
+            import ray
+
+            where = os.environ.get("RAY_ADDRESS") or "the local Ray instance"
+            raise ResourceUnavailable(
+                f"stage '{stage}' is configured with device: cuda and needs {per_actor:g} GPU per actor, "
+                f"but {where} has {available:g} GPUs (resources: {ray.cluster_resources()}). "
+                "Set device: auto or cpu in the config, or point RAY_ADDRESS at a cluster with GPUs."
+            )
+        return per_actor
+    return per_actor if available >= per_actor else 0.0
+
+
+def torch_device(num_gpus: float) -> str:
+    return "cuda" if num_gpus > 0 else "cpu"
