@@ -123,9 +123,12 @@ TREE_NODES = pa.schema(
         pa.field("parent_id", pa.string()),
         pa.field("depth", pa.int32(), nullable=False),
         pa.field("is_leaf", pa.bool_(), nullable=False),
-        pa.field("doc_id", pa.string()),
-        pa.field("summary", pa.string()),
-        pa.field("summarizer", pa.string()),
+        pa.field("doc_id", pa.string()),  # set on leaves only
+        pa.field("position", pa.int32(), nullable=False),  # order among the parent's children
+        pa.field("n_leaves", pa.int32(), nullable=False),  # documents under the node
+        pa.field("summary", pa.string()),  # internal: summary; leaf: the passage (truncated)
+        pa.field("summarizer", pa.string()),  # model@rev#prompt-hash, or offline-extractive@vN
+        pa.field("space", pa.string(), nullable=False),  # embedding space of the leaf vectors
     ]
 )
 

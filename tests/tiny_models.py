@@ -44,11 +44,19 @@ def _train_tokenizer(vocab_size: int = 400):
     return tok
 
 
-def _fast_tokenizer(**extra):
+def _fast_tokenizer(wrap: bool = False, **extra):
+    """`wrap` adds BERT-style <|bos|> ... <|end|> around each text, as BLIP's text decoder expects."""
+    from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
+    tok = _train_tokenizer()
+    if wrap:
+        bos, end = tok.token_to_id("<|bos|>"), tok.token_to_id("<|end|>")
+        tok.post_processor = processors.TemplateProcessing(
+            single="<|bos|> $A <|end|>", pair="<|bos|> $A <|end|> $B <|end|>",
+            special_tokens=[("<|bos|>", bos), ("<|end|>", end)])
     return PreTrainedTokenizerFast(
-        tokenizer_object=_train_tokenizer(), unk_token="<unk>", pad_token="<|pad|>", bos_token="<|bos|>",
+        tokenizer_object=tok, unk_token="<unk>", pad_token="<|pad|>", bos_token="<|bos|>",
         eos_token="<|end|>", padding_side="left", **extra)
 
 
@@ -64,7 +72,7 @@ def build_tiny_causal_lm(path: str | Path) -> str:
     config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                          pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+                         eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
     model = LlamaForCausalLM(config).eval()
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
@@ -88,7 +96,7 @@ def build_tiny_captioner(path: str | Path) -> str:
     from transformers import BlipConfig, BlipForConditionalGeneration, BlipProcessor
 
     path = Path(path)
-    tok = _fast_tokenizer(cls_token="<|bos|>", sep_token="<|end|>")
+    tok = _fast_tokenizer(wrap=True, cls_token="<|bos|>", sep_token="<|end|>")
     torch.manual_seed(SEED)
     config = BlipConfig(
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -121,7 +129,7 @@ def build_tiny_vit_gpt2(path: str | Path) -> str:
     enc = ViTModel(ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                              image_size=32, patch_size=8))
     dec = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=64,
-                                     add_cross_attention=True, bos_token_id=tok.bos_token_id,
+                                     add_cross_attention=True, tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
                                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
     model = VisionEncoderDecoderModel(encoder=enc, decoder=dec).eval()
     for c in (model.config, model.generation_config):

@@ -87,7 +87,7 @@ class Catalog:
         with self.connect() as con:
             for extra in _EXTRA_DDL:
                 con.execute(extra)
-            return con.execute(sql, params or []).to_arrow_table()
+            return con.sql(sql, params=params or None).to_arrow_table()
 
     # ---- run lock -------------------------------------------------------------------------
     @contextlib.contextmanager

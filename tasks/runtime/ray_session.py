@@ -54,6 +54,7 @@ def _local_gpus() -> int:
 def _quiet_ray_data() -> None:
     from ray.data import DataContext
 
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False

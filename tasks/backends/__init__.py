@@ -1,0 +1,1 @@
+"""Model backends, one interface per capability (see `base`): hf, openai, offline, embedders."""

@@ -1,0 +1,1 @@
+"""Relevance judgments: TREC import/export, the offline judge, and the SQL analysis over them."""

@@ -1,0 +1,88 @@
+"""Clustering for tree building: balanced groups of at most M, and plain k-means topics.
+
+A bottom-up level needs groups whose sizes never exceed M yet stay close to M, so that the tree
+is about log_M(N) deep; k-means alone gives no size bound. `balanced_partition` bisects
+recursively: 2-means on the set, then the points are ordered along the line between the two
+centres and cut where the group counts say, so both halves fit. Each split is O(n·d) and the
+recursion is log2(n/M) deep, so a level costs O(n·d·log n).
+
+Scikit-learn's KMeans runs the large splits; for small sets its per-call overhead (~20 ms)
+dominates, so those use a few Lloyd steps in numpy with the same k-means++-style seeding.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+SKLEARN_MIN_POINTS = 2048
+
+
+def _direction(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The vector c2 - c1 between the two 2-means centres of x."""
+    if len(x) >= SKLEARN_MIN_POINTS:
+        from sklearn.cluster import KMeans
+
+        km = KMeans(n_clusters=2, n_init=1, max_iter=20, random_state=int(rng.integers(2**31))).fit(x)
+        c = km.cluster_centers_
+        return (c[1] - c[0]).astype(np.float32)
+    first = x[int(rng.integers(len(x)))]
+    d = ((x - first) ** 2).sum(1)
+    c = np.stack([first, x[int(np.argmax(d))]]).astype(np.float32)
+    for _ in range(8):
+        assign = (x @ (c[1] - c[0])) > 0.5 * (c[1] @ c[1] - c[0] @ c[0])
+        if assign.all() or not assign.any():
+            break
+        new = np.stack([x[~assign].mean(0), x[assign].mean(0)])
+        if np.allclose(new, c):
+            break
+        c = new
+    return c[1] - c[0]
+
+
+def balanced_partition(vectors: np.ndarray, n_groups: int, seed: int = 0) -> list[np.ndarray]:
+    """Row indices split into `n_groups` groups of near-equal size (sizes differ by ≤ 1 per cut)."""
+    n = len(vectors)
+    if n_groups <= 1 or n <= 1:
+        return [np.arange(n)]
+    n_groups = min(n_groups, n)
+    rng = np.random.default_rng(seed)
+    x = np.asarray(vectors, np.float32)
+    out: list[np.ndarray] = []
+    stack = [(np.arange(n), n_groups)]
+    while stack:
+        idx, g = stack.pop()
+        if g == 1:
+            out.append(idx)
+            continue
+        g1 = g // 2
+        n1 = round(len(idx) * g1 / g)
+        sub = x[idx]
+        proj = sub @ _direction(sub, rng)
+        order = np.argsort(proj, kind="stable")
+        stack.append((idx[order[n1:]], g - g1))
+        stack.append((idx[order[:n1]], g1))
+    return out
+
+
+def groups_of_at_most(vectors: np.ndarray, max_size: int, seed: int = 0) -> list[np.ndarray]:
+    """ceil(n/M) groups of similar rows, none larger than M."""
+    return balanced_partition(vectors, math.ceil(len(vectors) / max_size), seed)
+
+
+def kmeans_topics(vectors: np.ndarray, k: int, weights: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+    """Cluster label per row with scikit-learn k-means (k ≤ rows); labels are renumbered 0..k'-1."""
+    from sklearn.cluster import KMeans
+
+    k = min(k, len(vectors))
+    if k <= 1:
+        return np.zeros(len(vectors), np.int64)
+    km = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(vectors, sample_weight=weights)
+    _, labels = np.unique(km.labels_, return_inverse=True)
+    return labels
+
+
+def normalize(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, np.float32)
+    norm = np.linalg.norm(v, axis=-1, keepdims=True)
+    return v / np.maximum(norm, 1e-12)

@@ -1,0 +1,304 @@
+"""Node summaries: offline extractive (c-TF-IDF keyphrases + the most central member) or an LLM.
+
+Every summarizer answers four questions the builders ask:
+- `summarize(groups)`: one summary per group of member texts (bottom-up nodes, re-summaries
+  after an insert);
+- `keyword_levels(texts)`: per document, keyword summaries from coarse (1–2 words) to fine
+  (top-down build);
+- `topics(items, vectors, weights, k)`: ≤ k topics over keyword summaries, with a title each and
+  a label per item (-1 where the summarizer left it unassigned);
+- `title(texts)`: a title for a group.
+
+The LLM summarizer falls back to the extractive one item by item when the model's answer is
+empty or does not parse, and counts those failures, so a weak model never breaks a build.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from tasks.tree import prompts
+from tasks.tree.cluster import kmeans_topics, normalize
+
+log = logging.getLogger(__name__)
+
+OFFLINE_NAME = "offline-extractive@v1"
+SEP = " — "  # between a summary's keyphrases and its central excerpt
+KEYWORD_LEVELS = (1, 3, 6)  # keyphrases per level of the top-down keyword summaries
+
+
+@dataclass
+class Group:
+    """Members of one node: their texts, vectors and how many documents each stands for."""
+
+    texts: list[str]
+    vectors: np.ndarray
+    weights: np.ndarray | None = None
+
+
+class Summarizer(Protocol):
+    name: str
+    stats: dict
+
+    def summarize(self, groups: Sequence[Group]) -> list[str]: ...
+
+    def keyword_levels(self, texts: Sequence[str]) -> list[list[str]]: ...
+
+    def topics(self, items: Sequence[str], vectors: np.ndarray, weights: np.ndarray, k: int,
+               seed: int = 0) -> tuple[np.ndarray, list[str]]: ...
+
+    def title(self, texts: Sequence[str]) -> str: ...
+
+
+class TermStats:
+    """Corpus term frequencies for c-TF-IDF; kept exact under inserts and deletes."""
+
+    def __init__(self) -> None:
+        from sklearn.feature_extraction.text import CountVectorizer
+
+        self._analyze = CountVectorizer(stop_words="english", ngram_range=(1, 2), lowercase=True,
+                                        token_pattern=r"(?u)\b[^\W\d_][^\W\d_]+\b").build_analyzer()
+        self.freq: Counter = Counter()
+        self.n_docs = 0
+        self.n_terms = 0
+
+    def terms(self, text: str) -> list[str]:
+        return self._analyze(text or "")
+
+    def add(self, texts: Sequence[str], sign: int = 1) -> None:
+        for t in texts:
+            terms = self.terms(t)
+            if sign > 0:
+                self.freq.update(terms)
+            else:
+                self.freq.subtract(terms)
+            self.n_docs += sign
+            self.n_terms += sign * len(terms)
+
+    def weight(self, term: str) -> float:
+        """log(1 + A / f_t): A the average terms per document, f_t the term's corpus frequency."""
+        avg = self.n_terms / max(self.n_docs, 1)
+        return math.log1p(avg / max(self.freq.get(term, 0), 1))
+
+    @classmethod
+    def of(cls, texts: Sequence[str]) -> "TermStats":
+        stats = cls()
+        stats.add(texts)
+        return stats
+
+
+def _pick(scored: list[tuple[str, float]], k: int) -> list[str]:
+    """Best terms first, skipping a term that shares a word with one already picked."""
+    chosen: list[str] = []
+    used: set[str] = set()
+    for term, _ in sorted(scored, key=lambda x: (-x[1], x[0])):
+        words = set(term.split())
+        if words & used:
+            continue
+        chosen.append(term)
+        used |= words
+        if len(chosen) == k:
+            break
+    return chosen
+
+
+def excerpt(text: str, max_chars: int = 160) -> str:
+    """The start of a text's first sentence, cut on a word boundary."""
+    text = " ".join((text or "").split(SEP, 1)[-1].split())
+    m = re.search(r"(?<=[.!?])\s", text)
+    if m and m.start() >= 40:
+        text = text[: m.start()]
+    if len(text) <= max_chars:
+        return text
+    cut = text[:max_chars].rsplit(" ", 1)[0]
+    return cut + "…"
+
+
+class ExtractiveSummarizer:
+    """Offline summaries: distinctive keyphrases by c-TF-IDF and the most central member text."""
+
+    name = OFFLINE_NAME
+
+    def __init__(self, stats: TermStats, n_keyphrases: int = 5):
+        self.term_stats = stats
+        self.n_keyphrases = n_keyphrases
+        self.stats = {"calls": 0, "failures": 0}
+
+    def keyphrases(self, texts: Sequence[str], weights: Sequence[float] | None = None, k: int | None = None) -> list[str]:
+        tf: Counter = Counter()
+        for i, t in enumerate(texts):
+            terms = self.term_stats.terms(t)
+            if not terms:
+                continue
+            w = (1.0 if weights is None else float(weights[i])) / len(terms)
+            for term, n in Counter(terms).items():
+                tf[term] += w * n
+        scored = [(term, f * self.term_stats.weight(term)) for term, f in tf.items()]
+        return _pick(scored, k or self.n_keyphrases)
+
+    def summarize_one(self, g: Group) -> str:
+        texts = [t for t in g.texts]
+        if not texts:
+            return "(empty)"
+        weights = g.weights if g.weights is not None else np.ones(len(texts))
+        keys = self.keyphrases(texts, weights)
+        vecs = normalize(g.vectors)
+        centre = normalize((vecs * np.asarray(weights, np.float32)[:, None]).sum(0))
+        central = texts[int(np.argmax(vecs @ centre))]
+        ex = excerpt(central)
+        if keys and ex:
+            return ", ".join(keys) + SEP + ex
+        return ", ".join(keys) or ex or "(untitled)"
+
+    def summarize(self, groups: Sequence[Group]) -> list[str]:
+        return [self.summarize_one(g) for g in groups]
+
+    def keyword_levels(self, texts: Sequence[str]) -> list[list[str]]:
+        out = []
+        for t in texts:
+            keys = self.keyphrases([t], k=max(KEYWORD_LEVELS))
+            if not keys:
+                keys = [excerpt(t, 40) or "(untitled)"]
+            out.append([", ".join(keys[:n]) for n in KEYWORD_LEVELS])
+        return out
+
+    def topics(self, items, vectors, weights, k, seed=0):
+        labels = kmeans_topics(normalize(vectors), k, weights, seed)
+        titles = []
+        for c in range(int(labels.max()) + 1 if len(labels) else 0):
+            members = np.flatnonzero(labels == c)
+            titles.append(self.title([items[i] for i in members], weights[members]))
+        return labels, titles
+
+    def title(self, texts, weights=None) -> str:
+        keys = self.keyphrases(texts, weights, k=3)
+        return ", ".join(keys) if keys else excerpt(texts[0] if texts else "", 40) or "(untitled)"
+
+
+def _json_object(raw: str) -> dict | None:
+    """The first JSON object in a model's answer, or None."""
+    start = raw.find("{")
+    while start != -1:
+        depth = 0
+        for i in range(start, len(raw)):
+            if raw[i] == "{":
+                depth += 1
+            elif raw[i] == "}":
+                depth -= 1
+                if depth == 0:
+                    try:
+                        obj = json.loads(raw[start: i + 1])
+                    except ValueError:
+                        break
+                    return obj if isinstance(obj, dict) else None
+        start = raw.find("{", start + 1)
+    return None
+
+
+@dataclass
+class LLMSummarizer:
+    """Summaries from a Generator with the versioned tree prompts, extractive where it fails."""
+
+    generator: object  # tasks.backends.base.Generator
+    fallback: ExtractiveSummarizer
+    max_new_tokens: int = 96
+    member_chars: int = 300
+    max_members: int = 20
+    topic_max_items: int = 60
+    stats: dict = field(default_factory=lambda: {"calls": 0, "failures": 0})
+
+    @property
+    def name(self) -> str:
+        versions = "+".join(prompts.version(p) for p in ("summary", "keywords", "topics", "title"))
+        return f"{self.generator.name}#{versions}"
+
+    def _generate(self, texts: list[str], max_new_tokens: int | None = None) -> list[str]:
+        if not texts:
+            return []
+        self.stats["calls"] += len(texts)
+        try:
+            out = self.generator.generate([prompts.as_chat(t) for t in texts],
+                                          max_new_tokens=max_new_tokens or self.max_new_tokens)
+        except Exception as e:  # noqa: BLE001 - a failing backend falls back, counted, never fatal
+            log.warning("tree summarizer: generation failed (%s); using extractive summaries", e)
+            return [""] * len(texts)
+        return [o if isinstance(o, str) else "" for o in out]
+
+    def _members(self, texts: Sequence[str]) -> str:
+        return "\n".join(f"- {' '.join(t.split())[: self.member_chars]}" for t in list(texts)[: self.max_members])
+
+    def summarize(self, groups: Sequence[Group]) -> list[str]:
+        outs = self._generate([prompts.render("summary", members=self._members(g.texts)) for g in groups])
+        result = []
+        for g, o in zip(groups, outs):
+            text = " ".join(o.split())
+            if not text:
+                self.stats["failures"] += 1
+                text = self.fallback.summarize_one(g)
+            result.append(text)
+        return result
+
+    def keyword_levels(self, texts: Sequence[str]) -> list[list[str]]:
+        n = len(KEYWORD_LEVELS)
+        outs = self._generate([prompts.render("keywords", n_levels=str(n),
+                                              document=" ".join(t.split())[: self.member_chars * 3]) for t in texts])
+        fallback = None
+        result = []
+        for i, o in enumerate(outs):
+            obj = _json_object(o)
+            levels = obj.get("levels") if obj else None
+            if (isinstance(levels, list) and levels and all(isinstance(x, str) and x.strip() for x in levels)):
+                levels = [" ".join(x.split()).lower() for x in levels][:n]
+                result.append(levels + [levels[-1]] * (n - len(levels)))
+            else:
+                self.stats["failures"] += 1
+                fallback = fallback or self.fallback.keyword_levels(texts)
+                result.append(fallback[i])
+        return result
+
+    def topics(self, items, vectors, weights, k, seed=0):
+        if len(items) > self.topic_max_items:
+            labels, _ = self.fallback.topics(items, vectors, weights, k, seed)
+            groups = [[items[i] for i in np.flatnonzero(labels == c)] for c in range(int(labels.max()) + 1)]
+            return labels, [self.title(g) for g in groups]
+        listing = "\n".join(f"{i}. {s}" for i, s in enumerate(items))
+        (out,) = self._generate([prompts.render("topics", k=str(k), items=listing)], self.max_new_tokens * 4)
+        parsed = self._parse_topics(out, len(items), k)
+        if parsed is None:
+            self.stats["failures"] += 1
+            return self.fallback.topics(items, vectors, weights, k, seed)
+        return parsed
+
+    @staticmethod
+    def _parse_topics(raw: str, n_items: int, k: int) -> tuple[np.ndarray, list[str]] | None:
+        obj = _json_object(raw)
+        topics = obj.get("topics") if obj else None
+        if not isinstance(topics, list):
+            return None
+        labels = np.full(n_items, -1, np.int64)
+        titles: list[str] = []
+        for t in topics[:k]:
+            if not isinstance(t, dict) or not isinstance(t.get("members"), list):
+                continue
+            members = [m for m in t["members"] if isinstance(m, int) and 0 <= m < n_items and labels[m] == -1]
+            title = " ".join(str(t.get("title") or "").split())
+            if not members or not title:
+                continue
+            labels[members] = len(titles)
+            titles.append(title)
+        return (labels, titles) if len(titles) >= 2 else None
+
+    def title(self, texts: Sequence[str]) -> str:
+        (out,) = self._generate([prompts.render("title", members=self._members(texts))], 24)
+        text = " ".join(out.split())[:120]
+        if not text:
+            self.stats["failures"] += 1
+            return self.fallback.title(list(texts))
+        return text

@@ -1,0 +1,81 @@
+"""Shared fixtures: real local Ray and Prefect once per session, data paths, offline env."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+COCO = SHARED_DATA / "coco-mini"
+LLMJUDGE = SHARED_DATA / "llmjudge"
+TREC_EVAL = SHARED_DATA / "trec_eval-tests"
+SAMPLE_CONFIG = REPO / "infra" / "configs" / "sample.yaml"
+
+
+def pytest_collection_modifyitems(config, items):
+    if not SHARED_DATA.exists():
+        raise pytest.UsageError(f"tests need the shared data beside the repo at {SHARED_DATA}")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole session (start-up costs 3-5 s and ~1 GB)."""
+    import ray
+
+    from tasks.runtime.ray_session import _quiet_ray_data
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    _quiet_ray_data()
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    """One ephemeral Prefect API for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    from tasks.backends.embedders import minilm as load
+
+    return load()
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm(tmp_path_factory) -> str:
+    """Local path of a tiny random-weight Llama with a BPE tokenizer and chat template."""
+    from tests.tiny_models import build_tiny_causal_lm
+
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-causal-lm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_captioner(tmp_path_factory) -> str:
+    """Local path of a tiny random-weight BLIP captioner (AutoModelForImageTextToText + AutoProcessor)."""
+    from tests.tiny_models import build_tiny_captioner
+
+    return build_tiny_captioner(tmp_path_factory.mktemp("tiny-captioner"))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> str:
+    """Local path of a tiny random-weight CLIP model with a PIL image processor."""
+    from tests.tiny_models import build_tiny_clip
+
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))

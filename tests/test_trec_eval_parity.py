@@ -1,0 +1,97 @@
+"""Our qrels/run import + ir_measures give trec_eval's own expected output (NIST regression data).
+
+Expected values are parsed from trec_eval's output files at test time; every query and the
+`all` line are compared at the 4 decimals trec_eval prints.
+"""
+from __future__ import annotations
+
+import ir_measures
+import pyarrow.compute as pc
+import pytest
+from ir_measures import AP, P, R, nDCG
+
+from tasks.judgments import trec_io
+from tests.conftest import TREC_EVAL
+
+BINARY = {"map": AP, "P_5": P @ 5, "P_10": P @ 10, "recall_1000": R @ 1000,
+          "ndcg": nDCG, "ndcg_cut_10": nDCG @ 10}
+GRADED = {"map": AP(rel=2), "P_5": P(rel=2) @ 5, "P_10": P(rel=2) @ 10, "recall_1000": R(rel=2) @ 1000,
+          "ndcg": nDCG, "ndcg_cut_10": nDCG @ 10}
+
+
+def expected(name: str) -> dict[tuple[str, str], float]:
+    out = {}
+    for line in (TREC_EVAL / name).read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] in BINARY:
+            out[(parts[0], parts[1])] = float(parts[2])
+    return out
+
+
+def ours(qrels_file: str, run_file: str, measures: dict) -> dict[tuple[str, str], float]:
+    qrels = trec_io.read_qrels(TREC_EVAL / qrels_file)
+    run = trec_io.read_run(TREC_EVAL / run_file)
+    assert len(qrels.quarantine) == 0 and len(run.quarantine) == 0
+    q, r = trec_io.ir_qrels(qrels.table), trec_io.ir_run(run.table)
+    got = {(name, "all"): v for name, m in measures.items()
+           for v in [ir_measures.calc_aggregate([m], q, r)[m]]}
+    for m in ir_measures.iter_calc(list(measures.values()), q, r):
+        name = next(k for k, v in measures.items() if v == m.measure)
+        got[(name, m.query_id)] = m.value
+    return got
+
+
+@pytest.mark.parametrize("out_file", ["out.test", "out.test.a", "out.test.aq"])
+def test_binary_relevance_matches_trec_eval(out_file):
+    want = expected(out_file)
+    got = ours("qrels.test", "results.test", BINARY)
+    assert want, f"no measures parsed from {out_file}"
+    for key, value in want.items():
+        assert round(got[key], 4) == pytest.approx(value, abs=1e-9), key
+
+
+def test_graded_relevance_level_2_matches_trec_eval():
+    want = expected("out.test.aql")
+    got = ours("qrels.rel_level", "results.test", GRADED)
+    assert len(want) == len(GRADED) * 4  # three queries + all
+    for key, value in want.items():
+        assert round(got[key], 4) == pytest.approx(value, abs=1e-9), key
+
+
+def test_rank_column_is_not_trusted_score_decides():
+    """results.test lists ranks out of score order; candidates are re-ranked by score."""
+    run = trec_io.read_run(TREC_EVAL / "results.test").table
+    cands = trec_io.run_to_candidates(run)
+    first = cands.filter(pc.equal(cands["query_id"], "301")).slice(0, 3).to_pylist()
+    scores = [r["score"] for r in first]
+    assert scores == sorted(scores, reverse=True) and [r["rank"] for r in first] == [1, 2, 3]
+
+
+def test_round_trip_through_files(tmp_path):
+    qrels = trec_io.read_qrels(TREC_EVAL / "qrels.rel_level").table
+    trec_io.write_qrels(qrels, tmp_path / "q.txt")
+    back = trec_io.read_qrels(tmp_path / "q.txt").table
+    key = [("query_id", "ascending"), ("doc_id", "ascending")]
+    assert back.sort_by(key).equals(qrels.sort_by(key))
+    run = trec_io.read_run(TREC_EVAL / "results.test").table
+    trec_io.write_run(run, tmp_path / "r.txt")
+    got = ours_files(tmp_path / "q.txt", tmp_path / "r.txt")
+    assert round(got, 4) == 0.1667  # map at relevance level 2 from out.test.aql, via the rewritten files
+
+
+def ours_files(qf, rf) -> float:
+    q = trec_io.ir_qrels(trec_io.read_qrels(qf).table)
+    r = trec_io.ir_run(trec_io.read_run(rf).table)
+    return ir_measures.calc_aggregate([AP(rel=2)], q, r)[AP(rel=2)]
+
+
+def test_bad_lines_are_quarantined_with_reasons(tmp_path):
+    f = tmp_path / "bad.qrels"
+    f.write_bytes(b"q1 0 d1 2\nq1 0 d2\nq1 0 d3 x\nq1 0 d1 2\nq1 0 d1 1\nq1 0 d4 1.5\n\xff\xfe 0 d 1\n")
+    parsed = trec_io.read_qrels(f)
+    assert parsed.table.num_rows == 1
+    reasons = [r["reason"] for r in parsed.quarantine.rows]
+    assert len(reasons) == 5 and parsed.duplicates == 1
+    assert parsed.lines == parsed.table.num_rows + len(reasons) + parsed.duplicates
+    assert any("4 fields" in r for r in reasons) and any("contradicts" in r for r in reasons)
+    assert any("UTF-8" in r for r in reasons) and any("not a number" in r for r in reasons)
