@@ -110,9 +110,11 @@ NEGATIVES = pa.schema(
         pa.field("rank", pa.int32(), nullable=False),
         pa.field("score", pa.float32(), nullable=False),
         pa.field("pos_score", pa.float32()),
-        pa.field("judge_score", pa.float32()),
-        pa.field("retriever", pa.string()),
-        pa.field("policy", pa.string(), nullable=False),
+        pa.field("judge_score", pa.float32()),  # judge's score of the negative in [0, 1], NULL if unjudged
+        pa.field("judge_grade", pa.int8()),  # highest judge grade of the negative, NULL if unjudged
+        pa.field("retriever", pa.string()),  # dense | bm25 | dense+bm25
+        pa.field("policy", pa.string(), nullable=False),  # ';'-joined policies that kept it
+        pa.field("query_text", pa.string()),  # so exports work from imported queries too
     ]
 )
 
