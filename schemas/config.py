@@ -87,6 +87,89 @@ class ValidationConfig(Strict):
     )
 
 
+class IndexConfig(Strict):
+    """FAISS index per embedding space, chosen like autofaiss from the corpus size and a memory budget."""
+
+    type: Literal["auto", "flat", "hnsw", "ivf_flat", "ivf_pq"] = Field(
+        "auto", description="auto: flat below flat_max_vectors, then HNSW or IVF, PQ when the budget demands")
+    memory_budget_mb: float = Field(4096, gt=0, description="memory the index may take")
+    flat_max_vectors: int = Field(100_000, ge=1, description="largest corpus served by an exact flat index")
+    hnsw_max_vectors: int = Field(2_000_000, ge=1, description="above this, IVF instead of HNSW")
+    hnsw_m: int = Field(32, ge=4)
+    hnsw_ef_construction: int = Field(80, ge=8)
+    hnsw_ef_search: int = Field(256, ge=8)
+    ivf_nlist: int | None = Field(None, ge=1, description="IVF lists; default 4*sqrt(n)")
+    ivf_nprobe: int = Field(32, ge=1)
+    pq_bits: int = Field(8, ge=4, le=12)
+    retrain_growth: float = Field(2.0, ge=1.0, description="retrain IVF/PQ once the corpus grows past this factor")
+    search_batch: int = Field(1024, ge=1, description="queries per batched top-k search")
+    bm25: bool = Field(True, description="also build a BM25 index over document texts and captions")
+    bm25_k1: float = Field(1.5, gt=0)
+    bm25_b: float = Field(0.75, ge=0, le=1)
+
+
+class JudgeFilter(Strict):
+    """UniME-V2 false-negative filter: drop candidates the judge scores like a positive."""
+
+    enabled: bool = False
+    judges: list[str] | None = Field(None, description="judge names to use; default every judge")
+    beta: float = Field(0.01, ge=0, description="drop when judge score > judge score of the positive - beta")
+    drop_grade: int = Field(2, ge=0, le=3, description="drop when any judge grades the candidate at least this")
+    require_judgment: bool = Field(False, description="also drop candidates no judge has seen")
+
+
+class ModalityNegatives(Strict):
+    """MM-Embed modality-aware negatives: C1 wrong modality ranked above the positive, C2 deep band."""
+
+    enabled: bool = False
+    c1: bool = True
+    c2: bool = True
+    c2_band: tuple[int, int] = Field((46, 50), description="1-based retrieval ranks of C2 candidates")
+
+    @field_validator("c2_band")
+    @classmethod
+    def _band(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= v[0] <= v[1]:
+            raise ValueError("c2_band must be (lo, hi) with 1 <= lo <= hi")
+        return v
+
+
+class NegativesConfig(Strict):
+    """Hard negative mining; the defaults and parameter semantics follow
+    sentence_transformers.util.mine_hard_negatives, so the same parameters give the same negatives."""
+
+    enabled: bool = True
+    source: Literal["dense", "bm25", "both"] = Field("dense", description="where candidates come from")
+    index: str = Field("text", description="which vector index (embeddings/<name>) scores candidates")
+    num_negatives: int = Field(3, ge=1)
+    range_min: int = Field(0, ge=0, description="skip this many eligible candidates first")
+    range_max: int | None = Field(None, ge=1, description="consider eligible candidates up to this position")
+    depth: int | None = Field(None, ge=1, description="retrieved per query; default range_max + max positives")
+    absolute_margin: float | None = Field(None, description="keep score <= s+ - m, s+ the minimum positive score")
+    relative_margin: float | None = Field(None, ge=0, lt=1, description="keep score <= s+ - |s+| * r")
+    max_score: float | None = None
+    min_score: float | None = None
+    sampling: Literal["top", "random", "cyclical"] = "top"
+    seed: int = 0
+    positive_grade: int = Field(2, ge=0, le=3, description="judged documents at this grade or above are positives")
+    positive_judges: list[str] | None = Field(None, description="judges whose grades make positives; default none")
+    judge_filter: JudgeFilter = JudgeFilter()
+    modality: ModalityNegatives = ModalityNegatives()
+    queries_file: str | None = Field(None, description="imported queries, `qid<TAB>text` per line")
+    qrels_file: str | None = Field(None, description="imported TREC qrels; grade >= positive_grade are positives")
+    query_batch: int = Field(1024, ge=1, description="queries mined per batch (bounds memory)")
+
+
+class ExportConfig(Strict):
+    out: str = Field("exports", description="where `corpusforge export` writes by default")
+    num_negatives: int | None = Field(None, ge=1, description="sentence-transformers: negative_1..n columns")
+    scores: bool = Field(False, description="sentence-transformers: add a `scores` column [pos, neg_1..n]")
+    prompt: str = Field("", description="FlagEmbedding `prompt` (the query instruction)")
+    task_type: str = Field("normal", description="FlagEmbedding `type`")
+    images: Literal["copy", "link"] = Field("copy", description="M-BEIR: copy or symlink the images")
+    licenses: dict[str, str] = Field(default_factory=dict, description="source name -> licence, for the card")
+
+
 class BuildConfig(Strict):
     name: str = "corpus"
     corpus: CorpusConfig
@@ -98,6 +181,9 @@ class BuildConfig(Strict):
     ray: RayConfig = RayConfig()
     flow: FlowConfig = FlowConfig()
     validation: ValidationConfig = ValidationConfig()
+    index: IndexConfig = IndexConfig()
+    negatives: NegativesConfig = NegativesConfig()
+    export: ExportConfig = ExportConfig()
     config_dir: str = Field(".", exclude=True, description="where relative paths resolve; set by the loader")
 
     @field_validator("name")
