@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["flows.cli_judgments"]
 
 DEFAULT_CATALOG = ".corpusforge/catalog.duckdb"
 
