@@ -120,15 +120,17 @@ def _manifest(path: Path, name: str) -> Iterator[RawRecord]:
             try:
                 decoded = line.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield RawRecord(source=name, key=key, problem=f"invalid UTF-8 at byte {e.start} of the line")
+                yield RawRecord(source=name, key=key, text=line[:500],
+                                problem=f"invalid UTF-8 at byte {e.start} of the line")
                 continue
             try:
                 row = json.loads(decoded)
             except json.JSONDecodeError as e:
-                yield RawRecord(source=name, key=key, problem=f"malformed JSON: {e.msg} at column {e.colno}")
+                yield RawRecord(source=name, key=key, text=decoded[:500],
+                                problem=f"malformed JSON: {e.msg} at column {e.colno}")
                 continue
             if not isinstance(row, dict):
-                yield RawRecord(source=name, key=key, problem="manifest line is not a JSON object")
+                yield RawRecord(source=name, key=key, text=decoded[:500], problem="manifest line is not a JSON object")
                 continue
             yield _manifest_record(row, name, key)
 
@@ -233,7 +235,7 @@ def ingest(records: Iterator[RawRecord], root: Path, cfg: IngestConfig) -> Stage
     by_source_id: dict[str, str] = {}
     rows_in = duplicates = 0
     previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = cfg.max_image_pixels  # PIL's own guard, in step with ours
+    Image.MAX_IMAGE_PIXELS = None  # our cap is checked on the header, before any decode
     try:
         for rec in records:
             rows_in += 1

@@ -1,0 +1,192 @@
+"""Catalog, atomic publish, validation gate, run lock and config errors, on real DuckDB files."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from schemas.config import ConfigError, config_from_dict, load_config
+from schemas.tables import DOCUMENTS
+from tasks.runtime.catalog import Catalog, CatalogBusy
+from tasks.runtime.publish import content_hash, publish, read
+from tasks.runtime.storage import DataRoot
+from tasks.runtime.validation import ValidationFailed
+from tests.conftest import REPO
+
+
+def docs(*texts: str) -> pa.Table:
+    rows = [{"doc_id": f"{i:032x}", "modality": "text", "text": t, "source": "test"} for i, t in enumerate(texts)]
+    return pa.Table.from_pylist(rows, schema=DOCUMENTS)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Catalog(tmp_path / "cat.duckdb"), DataRoot(str(tmp_path / "data"))
+
+
+def test_versions_current_flag_and_unchanged_content(store):
+    cat, root = store
+    v1 = publish(cat, root, "documents", docs("a", "b")).dataset
+    same = publish(cat, root, "documents", docs("a", "b").take([1, 0]))  # row order does not matter
+    assert not same.published and same.dataset.version == 1
+    v2 = publish(cat, root, "documents", docs("a", "b", "c")).dataset
+    assert (v1.version, v2.version) == (1, 2)
+    assert cat.current("documents").version == 2
+    flags = cat.query("SELECT version, is_current FROM datasets ORDER BY version").to_pylist()
+    assert flags == [{"version": 1, "is_current": False}, {"version": 2, "is_current": True}]
+    assert read(cat, root, "documents", 1).num_rows == 2
+    assert read(cat, root, "documents").num_rows == 3
+
+
+def test_lineage_is_recorded_and_walked(store):
+    cat, root = store
+    d = publish(cat, root, "documents", docs("a")).dataset
+    from schemas.tables import embeddings_schema
+
+    emb = pa.table({"item_id": ["x"], "item_kind": ["document"], "doc_id": ["x"], "content_sha256": ["h"],
+                    "space": ["m@r"], "vector": pa.array([[0.1, 0.2]], pa.list_(pa.float32(), 2))},
+                   schema=embeddings_schema(2))
+    e = publish(cat, root, "embeddings/text", emb, parents=[d]).dataset
+    lin = cat.lineage("embeddings/text").to_pylist()
+    assert lin == [{"depth": 1, "name": "embeddings/text", "version": e.version,
+                    "parent_name": "documents", "parent_version": d.version}]
+    back = read(cat, root, "embeddings/text")
+    assert back.schema.field("vector").type == pa.list_(pa.float32(), 2)
+
+
+def test_validation_failure_blocks_publish_and_keeps_previous(store):
+    cat, root = store
+    publish(cat, root, "documents", docs("a"))
+    bad = docs("x", "y", "z").set_column(2, "modality", pa.array(["text", "video", "audio"]))
+    with pytest.raises(ValidationFailed) as err:
+        publish(cat, root, "documents", bad)
+    failures = {f["expectation"]: f["unexpected_count"] for f in err.value.report.failures}
+    assert failures["expect_column_values_to_be_in_set"] == 2
+    assert "failed on 2 rows" in str(err.value)
+    assert cat.current("documents").version == 1
+    assert cat.query("SELECT count(*) AS n FROM datasets").to_pylist() == [{"n": 1}]
+    assert root.list_files(root.path("_staging")) == []  # the staged file is gone
+
+
+def test_extra_expectations_from_config_can_block(store):
+    cat, root = store
+    extra = [{"type": "expect_column_value_lengths_to_be_between", "kwargs": {"column": "text", "max_value": 3}}]
+    with pytest.raises(ValidationFailed) as err:
+        publish(cat, root, "documents", docs("short", "a much longer text"), extra_expectations=extra)
+    assert err.value.report.failures[0]["unexpected_count"] == 2
+
+
+def test_contract_refuses_missing_columns(store):
+    cat, root = store
+    with pytest.raises(ValueError, match=r"missing=\['source'\]"):
+        publish(cat, root, "documents", docs("a").drop(["source"]))
+
+
+def test_content_hash_is_order_independent():
+    t = docs("a", "b", "c")
+    assert content_hash("documents", t) == content_hash("documents", t.take([2, 0, 1]))
+    assert content_hash("documents", t) != content_hash("documents", docs("a", "b", "d"))
+
+
+CRASH = textwrap.dedent("""
+    import os, signal, sys
+    import pyarrow as pa
+    sys.path.insert(0, {repo!r})
+    from tasks.runtime.catalog import Catalog
+    from tasks.runtime.publish import publish
+    from tasks.runtime.storage import DataRoot
+    from tests.test_catalog import docs
+    root = DataRoot({data!r})
+    real_move = DataRoot.move
+    def move_then_die(self, src, dst):
+        real_move(self, src, dst)
+        os.kill(os.getpid(), signal.SIGKILL)  # killed after the Parquet write, before the catalog commit
+    DataRoot.move = move_then_die
+    publish(Catalog({cat!r}), root, "documents", docs("a", "b", "c"))
+""")
+
+
+def test_crash_between_write_and_commit_leaves_previous_current(store, tmp_path):
+    cat, root = store
+    publish(cat, root, "documents", docs("a"))
+    script = CRASH.format(repo=str(REPO), data=str(tmp_path / "data"), cat=cat.path)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == -9, proc.stderr
+    assert len(root.list_files(root.path("documents"))) == 2  # the orphan file exists...
+    cur = cat.current("documents")
+    assert (cur.version, cur.row_count) == (1, 1)  # ...but no partial version is visible
+    again = publish(cat, root, "documents", docs("a", "b", "c")).dataset
+    assert (again.version, again.row_count) == (2, 3)
+    assert read(cat, root, "documents").num_rows == 3
+
+
+HOLD = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {repo!r})
+    from tasks.runtime.catalog import Catalog
+    with Catalog({cat!r}).run_lock(5, holder="refresh A"):
+        print("locked", flush=True)
+        time.sleep({hold})
+""")
+
+
+def test_second_run_waits_for_the_lock_then_fails_clearly(store):
+    cat, _ = store
+    proc = subprocess.Popen([sys.executable, "-c", HOLD.format(repo=str(REPO), cat=cat.path, hold=30)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(CatalogBusy, match="locked by refresh A"):
+            with cat.run_lock(timeout_s=0.5, holder="refresh B"):
+                pass
+        assert cat.query("SELECT count(*) AS n FROM datasets").to_pylist() == [{"n": 0}]  # still readable
+    finally:
+        proc.kill()
+        proc.wait()
+    with cat.run_lock(timeout_s=5, holder="refresh B"):  # released when the holder dies
+        pass
+
+
+def test_waiting_run_proceeds_when_the_holder_finishes(store):
+    cat, _ = store
+    proc = subprocess.Popen([sys.executable, "-c", HOLD.format(repo=str(REPO), cat=cat.path, hold=1.5)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    t0 = time.monotonic()
+    with cat.run_lock(timeout_s=30, holder="refresh B"):
+        waited = time.monotonic() - t0
+    proc.wait()
+    assert waited > 0.5  # it waited instead of interleaving
+
+
+def test_invalid_config_names_the_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ncorpus: {root: ., sources: [{kind: folder, path: .}]}\nembed: {actors: 0}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    msg = str(err.value)
+    assert "corpus.sources.0.kind" in msg and "embed.actors" in msg
+    with pytest.raises(ConfigError, match="embedd: Extra inputs are not permitted"):
+        config_from_dict({"corpus": {"root": ".", "sources": [{"kind": "manifest", "path": "x"}]}, "embedd": {}})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_data_root_accepts_filesystem_uris(tmp_path):
+    cat = Catalog(tmp_path / "c.duckdb")
+    root = DataRoot((tmp_path / "d").as_uri())
+    ds = publish(cat, root, "documents", docs("a")).dataset
+    assert Path(ds.path).exists() and read(cat, root, "documents").num_rows == 1
+
+
+def test_sample_config_paths_resolve_relative_to_the_file():
+    from tests.conftest import SAMPLE_CONFIG
+
+    cfg = load_config(SAMPLE_CONFIG)
+    assert cfg.corpus_root == (REPO / "infra" / "sample_corpus").resolve()
+    assert cfg.catalog_path == str((REPO / ".corpusforge" / "catalog.duckdb").resolve())
