@@ -57,10 +57,10 @@ def _frame(table: pa.Table):
             names.append(f"{name}__len")
             flat = pc.list_flatten(col).to_numpy(zero_copy_only=False)
             if flat.dtype.kind == "f" and len(lengths):
-                ok = np.isfinite(flat)
-                offsets = np.concatenate([[0], np.cumsum(lengths.to_numpy(zero_copy_only=False))])
-                finite = np.logical_and.reduceat(ok, offsets[:-1]) if len(ok) else np.ones(len(lengths), bool)
-                finite[offsets[:-1] == offsets[1:]] = True
+                # per row: no non-finite value (a NULL or empty list counts as finite)
+                finite = np.ones(table.num_rows, bool)
+                parents = pc.list_parent_indices(col).to_numpy(zero_copy_only=False)
+                finite[parents[~np.isfinite(flat)]] = False
                 cols.append(pa.array(finite))
             else:
                 cols.append(pa.array(np.ones(table.num_rows, bool)))
