@@ -242,6 +242,50 @@ class QueriesConfig(ModelBackend):
     filters: QueryFilters = QueryFilters()
 
 
+class TreeSearchConfig(Strict):
+    """LATTICE traversal: cost is at most 1 + beam·(iterations − 1) scorer calls per query."""
+
+    beam: int = Field(2, ge=1, description="B: nodes expanded per iteration")
+    iterations: int = Field(20, ge=1, description="N: iterations")
+    calibration_leaves: int = Field(10, ge=0, description="ℓ: best leaves seen so far added to each leaf slate")
+    path_factor: float = Field(0.5, ge=0, le=1, description="f in p(v) = f·ŝ(v) + (1−f)·p(parent)")
+    scorer: Literal["embedding", "llm"] = Field("embedding", description="embedding: query-summary cosine, offline")
+    llm: ModelBackend = Field(default_factory=lambda: ModelBackend(max_new_tokens=160),
+                              description="the listwise 0-100 scorer when scorer: llm")
+    k: int = Field(100, ge=1, description="documents returned per query")
+
+    @model_validator(mode="after")
+    def _llm_named(self):
+        if self.scorer == "llm" and self.llm.backend == "offline":
+            raise ValueError("scorer: llm needs llm.backend hf or openai (and llm.model)")
+        return self
+
+
+class TreeConfig(Strict):
+    """LATTICE semantic tree over the document embeddings, built after the embed stage."""
+
+    enabled: bool = True
+    name: str = Field("default", description="tree name: dataset tree_nodes/<name>, `corpusforge search --tree`")
+    build: Literal["bottom_up", "top_down"] = "bottom_up"
+    max_branching: int = Field(10, ge=2, le=100, description="M: children per node at most")
+    group_by: Literal["none", "source_id"] = Field("none", description="bottom-up: first level from metadata groups")
+    node_vectors: Literal["summary", "centroid"] = Field(
+        "summary", description="an internal node's vector: its embedded summary, or its children's centroid")
+    leaf_chars: int = Field(1000, gt=0, description="passage text kept on each leaf (the LLM scorer reads it)")
+    rebuild_fraction: float = Field(0.5, ge=0, le=1, description="refresh: rebuild when more than this share of documents changed, else insert/delete")
+    seed: int = 0
+    summarizer: ModelBackend = Field(default_factory=lambda: ModelBackend(max_new_tokens=96),
+                                     description="offline: extractive (c-TF-IDF keyphrases + central passage)")
+    search: TreeSearchConfig = TreeSearchConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _tree_name_is_simple(cls, v: str) -> str:
+        if not v or any(c in v for c in "/\\ "):
+            raise ValueError("tree name must be non-empty, without slashes or spaces")
+        return v
+
+
 class BuildConfig(Strict):
     name: str = "corpus"
     corpus: CorpusConfig
@@ -258,6 +302,7 @@ class BuildConfig(Strict):
     index: IndexConfig = IndexConfig()
     negatives: NegativesConfig = NegativesConfig()
     export: ExportConfig = ExportConfig()
+    tree: TreeConfig = TreeConfig()
     config_dir: str = Field(".", exclude=True, description="where relative paths resolve; set by the loader")
 
     @field_validator("name")

@@ -56,36 +56,35 @@ class Summarizer(Protocol):
 
     def title(self, texts: Sequence[str]) -> str: ...
 
+    def update_corpus(self, added: Sequence[str], removed: Sequence[str]) -> None: ...
+
 
 class TermStats:
-    """Corpus term frequencies for c-TF-IDF; kept exact under inserts and deletes."""
+    """Corpus document frequencies of terms (unigrams and bigrams); exact under inserts and deletes."""
 
     def __init__(self) -> None:
         from sklearn.feature_extraction.text import CountVectorizer
 
         self._analyze = CountVectorizer(stop_words="english", ngram_range=(1, 2), lowercase=True,
                                         token_pattern=r"(?u)\b[^\W\d_][^\W\d_]+\b").build_analyzer()
-        self.freq: Counter = Counter()
+        self.df: Counter = Counter()
         self.n_docs = 0
-        self.n_terms = 0
 
     def terms(self, text: str) -> list[str]:
         return self._analyze(text or "")
 
     def add(self, texts: Sequence[str], sign: int = 1) -> None:
         for t in texts:
-            terms = self.terms(t)
+            terms = set(self.terms(t))
             if sign > 0:
-                self.freq.update(terms)
+                self.df.update(terms)
             else:
-                self.freq.subtract(terms)
+                self.df.subtract(terms)
             self.n_docs += sign
-            self.n_terms += sign * len(terms)
 
-    def weight(self, term: str) -> float:
-        """log(1 + A / f_t): A the average terms per document, f_t the term's corpus frequency."""
-        avg = self.n_terms / max(self.n_docs, 1)
-        return math.log1p(avg / max(self.freq.get(term, 0), 1))
+    def p(self, term: str) -> float:
+        """Smoothed share of corpus documents that contain the term."""
+        return (self.df.get(term, 0) + 1) / (self.n_docs + 1)
 
     @classmethod
     def of(cls, texts: Sequence[str]) -> "TermStats":
@@ -98,9 +97,9 @@ def _pick(scored: list[tuple[str, float]], k: int) -> list[str]:
     """Best terms first, skipping a term that shares a word with one already picked."""
     chosen: list[str] = []
     used: set[str] = set()
-    for term, _ in sorted(scored, key=lambda x: (-x[1], x[0])):
+    for term, score in sorted(scored, key=lambda x: (-x[1], x[0])):
         words = set(term.split())
-        if words & used:
+        if score <= 0 or words & used:
             continue
         chosen.append(term)
         used |= words
@@ -131,17 +130,41 @@ class ExtractiveSummarizer:
         self.n_keyphrases = n_keyphrases
         self.stats = {"calls": 0, "failures": 0}
 
+    def update_corpus(self, added: Sequence[str], removed: Sequence[str]) -> None:
+        """Keep the corpus statistics exact after an insert or delete."""
+        self.term_stats.add(added)
+        self.term_stats.add(removed, sign=-1)
+
     def keyphrases(self, texts: Sequence[str], weights: Sequence[float] | None = None, k: int | None = None) -> list[str]:
-        tf: Counter = Counter()
+        """Class-based keyphrases: terms that cover much of the group yet are rare in the corpus.
+
+        A term's score is cov·log(cov/p): cov the weighted share of members containing it, p the
+        share of corpus documents containing it (the KL contribution of the group's term
+        distribution against the corpus's), so a term in one member of ten rarely beats a term
+        shared by half of them.
+        """
+        cov: Counter = Counter()
+        total = 0.0
         for i, t in enumerate(texts):
-            terms = self.term_stats.terms(t)
-            if not terms:
-                continue
-            w = (1.0 if weights is None else float(weights[i])) / len(terms)
-            for term, n in Counter(terms).items():
-                tf[term] += w * n
-        scored = [(term, f * self.term_stats.weight(term)) for term, f in tf.items()]
+            w = 1.0 if weights is None else float(weights[i])
+            total += w
+            for term in set(self.term_stats.terms(t)):
+                cov[term] += w
+        if total <= 0:
+            return []
+        scored = []
+        for term, c in cov.items():
+            share, p = c / total, self.term_stats.p(term)
+            scored.append((term, share * math.log(share / p)))
         return _pick(scored, k or self.n_keyphrases)
+
+    def doc_keyphrases(self, text: str, k: int, min_df: int) -> list[str]:
+        """Keyphrases of one document by tf·idf among terms shared by at least `min_df` documents."""
+        tf = Counter(self.term_stats.terms(text))
+        n = self.term_stats.n_docs
+        scored = [(term, f * math.log((n + 1) / (self.term_stats.df.get(term, 0) + 1)))
+                  for term, f in tf.items() if self.term_stats.df.get(term, 0) >= min_df]
+        return _pick(scored, k)
 
     def summarize_one(self, g: Group) -> str:
         texts = [t for t in g.texts]
@@ -161,9 +184,13 @@ class ExtractiveSummarizer:
         return [self.summarize_one(g) for g in groups]
 
     def keyword_levels(self, texts: Sequence[str]) -> list[list[str]]:
+        """Per document: the broadest shared term first, then more and more specific ones."""
+        broad = max(3, self.term_stats.n_docs // 500)
         out = []
         for t in texts:
-            keys = self.keyphrases([t], k=max(KEYWORD_LEVELS))
+            first = self.doc_keyphrases(t, 1, broad) or self.doc_keyphrases(t, 1, 2)
+            rest = self.doc_keyphrases(t, max(KEYWORD_LEVELS), 1)
+            keys = first + [k for k in rest if not set(k.split()) & set(" ".join(first).split())]
             if not keys:
                 keys = [excerpt(t, 40) or "(untitled)"]
             out.append([", ".join(keys[:n]) for n in KEYWORD_LEVELS])
@@ -218,6 +245,9 @@ class LLMSummarizer:
     def name(self) -> str:
         versions = "+".join(prompts.version(p) for p in ("summary", "keywords", "topics", "title"))
         return f"{self.generator.name}#{versions}"
+
+    def update_corpus(self, added: Sequence[str], removed: Sequence[str]) -> None:
+        self.fallback.update_corpus(added, removed)
 
     def _generate(self, texts: list[str], max_new_tokens: int | None = None) -> list[str]:
         if not texts:
