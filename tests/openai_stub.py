@@ -6,6 +6,7 @@ The last user text of a request picks the behaviour:
 - contains `SLOW`: the reply comes after `slow_s` seconds (past the client's timeout);
 - contains `BADJSON`: a 200 whose body is not JSON;
 - contains `NOLOGPROBS`: no logprobs even when asked;
+- an image 13 pixels wide: every request gets 500; 17 pixels wide: an empty answer;
 - otherwise 200 with content `echo: <text>` (or, with an image part, `an image of <n> bytes`).
 With `logprobs: true` the first token's top_logprobs favour the digit named after `PREFER=`.
 """
@@ -16,6 +17,16 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def _width(data_url: str) -> int:
+    import base64
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))) as im:
+        return im.size[0]
 
 
 class StubServer:
@@ -72,7 +83,7 @@ class StubServer:
                 if server.api_key and self.headers.get("Authorization") != f"Bearer {server.api_key}":
                     server.auth_failures += 1
                     return self._send(401, b'{"error": "bad key"}')
-                text, image_bytes = "", 0
+                text, image_bytes, image_width = "", 0, 0
                 for m in body["messages"]:
                     if m["role"] != "user":
                         continue
@@ -82,11 +93,15 @@ class StubServer:
                             text = p["text"]
                         elif p["type"] == "image_url":
                             image_bytes = len(p["image_url"]["url"])
+                            image_width = _width(p["image_url"]["url"])
                 with server._lock:
                     server.seen[text] += 1
                     n = server.seen[text]
                 time.sleep(0.05)  # long enough for concurrent requests to overlap
-                if "ALWAYS500" in text or ("FLAKY500" in text and n <= 2):
+                if image_width == 17:
+                    return self._send(200, json.dumps({"choices": [{"index": 0, "message": {
+                        "role": "assistant", "content": "  "}}]}).encode())
+                if image_width == 13 or "ALWAYS500" in text or ("FLAKY500" in text and n <= 2):
                     return self._send(500, b'{"error": "internal"}')
                 if "FLAKY429" in text and n <= 2:
                     return self._send(429, b'{"error": "rate limited"}')
