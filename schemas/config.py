@@ -286,6 +286,43 @@ class TreeConfig(Strict):
         return v
 
 
+class OfflineJudge(Strict):
+    """Embedding-similarity grader: P(grade >= g) = sigmoid((cosine - t_g) / temperature).
+
+    Defaults are the maximum-likelihood fit on the LLMJudge human test qrels, odd-numbered
+    queries (MiniLM cosines); on the even-numbered queries this grader reaches kappa 0.145.
+    """
+
+    encoder: TextEncoder = TextEncoder()
+    thresholds: list[float] = Field([0.2792, 0.6743, 1.1203], min_length=3, max_length=3,
+                                    description="cosines t_1 < t_2 < t_3 where grade >= g becomes likelier")
+    temperature: float = Field(0.3055, gt=0, description="sharpness of the grade transitions")
+
+    @field_validator("thresholds")
+    @classmethod
+    def _increasing(cls, v: list[float]) -> list[float]:
+        if not (v[0] < v[1] < v[2]):
+            raise ValueError(f"thresholds must be increasing, got {v}")
+        return v
+
+
+class JudgeConfig(ModelBackend):
+    """Graded 0-3 relevance judgments of (query, document) pairs."""
+
+    enabled: bool = Field(False, description="build flow: judge synthetic queries x top-k candidates")
+    prompt_version: str = Field("v1", description="tasks/prompts/judge_graded.<version>.txt")
+    prompts_dir: str | None = Field(None, description="a folder of your own prompt files (same names)")
+    scoring: Literal["auto", "label_probs", "generate"] = Field(
+        "auto", description="auto: label probabilities (hf) / top logprobs (openai, falling back to "
+        "generate-and-parse when the server returns none); generate: always generate and parse")
+    top_k: int = Field(10, ge=1, description="build flow: candidates judged per synthetic query")
+    max_doc_chars: int = Field(4000, ge=100, description="longer document text is cut (marked) in the prompt")
+    images: Literal["caption", "pixels"] = Field(
+        "caption", description="image documents: judged through their captions, or the pixels (openai VLMs)")
+    max_new_tokens: int = Field(8, gt=0, description="generate-and-parse answers are short")
+    offline: OfflineJudge = OfflineJudge()
+
+
 class BuildConfig(Strict):
     name: str = "corpus"
     corpus: CorpusConfig
@@ -302,6 +339,7 @@ class BuildConfig(Strict):
     index: IndexConfig = IndexConfig()
     negatives: NegativesConfig = NegativesConfig()
     export: ExportConfig = ExportConfig()
+    judge: JudgeConfig = JudgeConfig()
     tree: TreeConfig = TreeConfig()
     config_dir: str = Field(".", exclude=True, description="where relative paths resolve; set by the loader")
 
