@@ -53,12 +53,23 @@ def judge_name(path: Path) -> str:
     return path.stem
 
 
-def merge(current: pa.Table | None, new: pa.Table, key: str) -> pa.Table:
-    """The current rows of other `key` values, plus the new rows (which replace their own)."""
+def merge(current: pa.Table | None, new: pa.Table, keys: str | list[str]) -> pa.Table:
+    """Upsert: the current rows whose key the new rows do not have, plus the new rows.
+
+    With one key column (a judge, a run tag) the new rows replace every current row of that
+    value; with the full natural key only the rows for the same items are replaced.
+    """
     if current is None or current.num_rows == 0:
         return new
-    keep = current.filter(pc.invert(pc.is_in(current[key], value_set=pc.unique(new[key]))))
-    return pa.concat_tables([keep.cast(new.schema), new])
+    current = current.cast(new.schema)
+    if isinstance(keys, str) or len(keys) == 1:
+        key = keys if isinstance(keys, str) else keys[0]
+        keep = current.filter(pc.invert(pc.is_in(current[key], value_set=pc.unique(new[key]))))
+    else:
+        idx = current.select(keys).append_column("_row", pa.array(range(current.num_rows), pa.int64()))
+        drop = idx.join(new.select(keys), keys, join_type="inner").column("_row")
+        keep = current.filter(pc.invert(pc.is_in(pa.array(range(current.num_rows), pa.int64()), value_set=drop)))
+    return pa.concat_tables([keep, new])
 
 
 class Store:
@@ -78,10 +89,11 @@ class Store:
 
     # ---- publishing ---------------------------------------------------------------------------
     def publish_judgments(self, new: pa.Table, out: StageOutput, *, run_id: str | None,
-                          fingerprint_: str | None, started: float,
-                          parents: list[DatasetVersion] = ()) -> PublishResult:
-        """Merge `new` into the judgments dataset (replacing those judges' rows) and publish."""
-        merged = merge(self.current(JUDGMENTS_DS), new.cast(JUDGMENTS), "judge")
+                          fingerprint_: str | None, started: float, parents: list[DatasetVersion] = (),
+                          merge_keys: list[str] = ("judge",)) -> PublishResult:
+        """Merge `new` into the judgments dataset and publish. By default a judge's new rows
+        replace all of its rows (a re-imported label set); the judge stage upserts per pair."""
+        merged = merge(self.current(JUDGMENTS_DS), new.cast(JUDGMENTS), list(merge_keys))
         out.tables = {JUDGMENTS_DS: merged}
         result = self._record(out, run_id=run_id, fingerprint_=fingerprint_, started=started,
                               parents=parents)[JUDGMENTS_DS]
