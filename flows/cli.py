@@ -118,7 +118,7 @@ def print_build_summary(result: dict) -> None:
     print()
     print("Look at it with SQL:")
     print(f"  corpusforge sql --catalog {result['catalog']} \"SELECT name, version, row_count, created_at FROM datasets WHERE is_current\"")
-    print(f"  corpusforge sql --catalog {result['catalog']} \"SELECT modality, count(*) FROM read_parquet((SELECT path FROM datasets WHERE name='documents' AND is_current)) GROUP BY ALL\"")
+    print(f"  corpusforge sql --catalog {result['catalog']} \"SELECT modality, count(*) AS n, any_value(text) AS example FROM documents GROUP BY ALL\"")
 
 
 def cmd_datasets(args) -> int:

@@ -41,6 +41,7 @@ def test_versions_current_flag_and_unchanged_content(store):
     assert flags == [{"version": 1, "is_current": False}, {"version": 2, "is_current": True}]
     assert read(cat, root, "documents", 1).num_rows == 2
     assert read(cat, root, "documents").num_rows == 3
+    assert cat.query("SELECT count(*) AS n FROM documents").to_pylist() == [{"n": 3}]  # the view follows
 
 
 def test_lineage_is_recorded_and_walked(store):

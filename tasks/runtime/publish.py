@@ -85,6 +85,8 @@ def publish(catalog: Catalog, root: DataRoot, name: str, table: pa.Table, *,
             )
             for p in parents:
                 con.execute("INSERT INTO lineage VALUES (?,?,?,?)", [name, version, p.name, p.version])
+            if root.is_local:
+                con.execute(view_sql(name, final, table.schema))
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
@@ -92,6 +94,22 @@ def publish(catalog: Catalog, root: DataRoot, name: str, table: pa.Table, *,
     ds = DatasetVersion(name, version, final, table.num_rows, chash)
     log.info("published %s (%d rows)", ds.ref, table.num_rows)
     return PublishResult(ds, True, report.to_json())
+
+
+def view_name(name: str) -> str:
+    """SQL view of a dataset's current version: `embeddings/text` -> `embeddings_text`."""
+    return name.replace("/", "_").replace("-", "_")
+
+
+def view_sql(name: str, path: str, schema: pa.Schema) -> str:
+    """A view over the current Parquet file, with fixed-size vectors restored (FLOAT[] -> FLOAT[d])."""
+    select = "*"
+    fixed = [f for f in schema if pa.types.is_fixed_size_list(f.type)]
+    if fixed:
+        casts = ", ".join(f'"{f.name}"::FLOAT[{f.type.list_size}] AS "{f.name}"' for f in fixed)
+        select = f"* REPLACE ({casts})"
+    quoted = path.replace("'", "''")
+    return f'CREATE OR REPLACE VIEW "{view_name(name)}" AS SELECT {select} FROM read_parquet(\'{quoted}\')'
 
 
 def read(catalog: Catalog, root: DataRoot, name: str, version: int | None = None) -> pa.Table:

@@ -17,6 +17,10 @@ class DataRoot:
         self.fs, self.base = pafs.FileSystem.from_uri(self.uri if "://" in self.uri else _local_uri(self.uri))
         self.fs.create_dir(self.base, recursive=True)
 
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
     def path(self, *parts: str) -> str:
         return posixpath.join(self.base, *parts)
 
