@@ -1,0 +1,145 @@
+"""Query stage: targets per modality, caching, prompt-version bumps, LLM backends on Ray and over HTTP."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from schemas.config import CaptionConfig, IngestConfig, QueriesConfig, Source
+from schemas.tables import QUERIES
+from tasks.caption import caption_images
+from tasks.ingest import ingest_corpus
+from tasks.queries import (generate_batch, offline_compute, ray_compute, summary, summary_markdown,
+                           synthesize_queries, target_prompts)
+from tasks.runtime.cache import WorkCache
+from tasks.runtime.storage import DataRoot
+from tests.conftest import COCO
+from tests.openai_stub import StubServer
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Nine COCO images in the mixed layout (3 image-only, 3 caption-text-only, 3 interleaved) + one
+    interleaved document without alt-text."""
+    root = tmp_path_factory.mktemp("queries-corpus")
+    data = json.loads((COCO / "annotations" / "captions_val2017.json").read_text())
+    images = sorted(data["images"], key=lambda r: r["id"])[:9]
+    keep = {i["id"] for i in images}
+    (root / "images").mkdir()
+    for im in images:
+        shutil.copy(COCO / "images" / "val2017" / im["file_name"], root / "images" / im["file_name"])
+    sub = {"images": images, "annotations": [a for a in data["annotations"] if a["image_id"] in keep], "licenses": []}
+    (root / "coco.json").write_text(json.dumps(sub))
+    (root / "docs.jsonl").write_text(json.dumps({"id": "note", "image": f"images/{images[0]['file_name']}",
+                                                 "text": "Riding in fog: slow down and use dipped headlights."}))
+    sources = [Source(kind="coco_captions", path="coco.json", images="images", layout="mixed"),
+               Source(kind="manifest", path="docs.jsonl")]
+    docs = ingest_corpus(root, sources, IngestConfig()).tables["documents"]
+    captions = caption_images(docs, CaptionConfig(), None, None).tables["captions"]
+    return root, docs, captions
+
+
+def by(docs, modality):
+    return set(docs.filter(pc.equal(docs["modality"], modality))["doc_id"].to_pylist())
+
+
+def test_offline_queries_per_target_modality(corpus, tmp_path, minilm):
+    root, docs, captions = corpus
+    cfg = QueriesConfig(per_target=2)
+    cache = WorkCache(DataRoot(str(tmp_path)), "queries", "units")
+    out = synthesize_queries(docs, captions, cfg, cache, offline_compute(cfg), minilm.embed)
+    q = out.tables["queries"]
+    assert q.schema == QUERIES
+    text_docs, image_docs, inter = by(docs, "text"), by(docs, "image"), by(docs, "interleaved")
+    assert (len(text_docs), len(image_docs), len(inter)) == (3, 3, 4)
+    targets = {(r["doc_id"], r["target_modality"]) for r in q.to_pylist()}
+    assert {d for d, t in targets if t == "text"} == text_docs | inter
+    assert {d for d, t in targets if t == "image"} == image_docs | (inter - {docs["doc_id"][9].as_py()})
+    assert {d for d, t in targets if t == "text+image"} == inter - {docs["doc_id"][9].as_py()}
+    # the interleaved note has no alt-text: its image targets are quarantined, with the reason
+    assert out.rows_quarantined == 2 and all("no caption" in r for r in out.quarantine["reason"].to_pylist())
+    assert out.rows_in == 3 + 3 + 4 * 3 and out.rows_out == out.rows_in - 2 and out.model_calls == out.rows_out
+    assert set(q["generator"].to_pylist()) == {"offline-extractive@v1"}
+    assert q.num_rows == 2 * out.rows_out and len(set(q["query_id"].to_pylist())) == q.num_rows
+    assert pc.all(pc.is_valid(q["passed"])).as_py() and pc.sum(q["passed"]).as_py() >= 0.6 * q.num_rows
+    image_rows = q.filter(pc.equal(q["target_modality"], "image")).to_pylist()
+    cap_text = dict(zip(captions["doc_id"].to_pylist(), captions["text"].to_pylist()))
+    assert all(r["source_text"] == cap_text[r["doc_id"]] for r in image_rows)
+    md = summary_markdown(summary(q))
+    assert "| text+image |" in md and md.count("\n| image |") + md.count("\n| text |") >= 2
+
+
+def test_second_run_generates_nothing_and_a_prompt_bump_regenerates_only_that_target(corpus, tmp_path, minilm):
+    root, docs, captions = corpus
+    cfg = QueriesConfig(per_target=2)
+    cache = WorkCache(DataRoot(str(tmp_path)), "queries", "units")
+    first = synthesize_queries(docs, captions, cfg, cache, offline_compute(cfg), minilm.embed)
+    again = synthesize_queries(docs, captions, cfg, cache, offline_compute(cfg), minilm.embed)
+    assert again.model_calls == 0 and again.cache_hits == first.rows_out
+    assert again.tables["queries"].equals(first.tables["queries"])
+
+    bumped = cfg.model_copy(update={"prompt_versions": cfg.prompt_versions | {"text": "v2"}})
+    third = synthesize_queries(docs, captions, bumped, cache, offline_compute(bumped), minilm.embed)
+    q1, q3 = first.tables["queries"], third.tables["queries"]
+    n_text_units = len({d for d, t in zip(q1["doc_id"].to_pylist(), q1["target_modality"].to_pylist()) if t == "text"})
+    assert third.model_calls == n_text_units and third.cache_hits == first.rows_out - n_text_units
+
+    def ids(t, target):
+        return set(t.filter(pc.equal(t["target_modality"], target))["query_id"].to_pylist())
+
+    assert ids(q3, "image") == ids(q1, "image") and ids(q3, "text+image") == ids(q1, "text+image")
+    assert ids(q3, "text").isdisjoint(ids(q1, "text"))
+    assert set(q3.filter(pc.equal(q3["target_modality"], "text"))["prompt_version"].to_pylist()) == {"v2"}
+
+
+def test_hf_generator_through_ray_actors(corpus, tiny_causal_lm, ray_local, tmp_path, minilm):
+    root, docs, captions = corpus
+    cfg = QueriesConfig(backend="hf", model=tiny_causal_lm, per_target=2, max_new_tokens=24, batch_size=4,
+                        targets=["text", "image"])
+    cache = WorkCache(DataRoot(str(tmp_path)), "queries", "units")
+    out = synthesize_queries(docs, captions, cfg, cache, ray_compute(cfg, 0.0), minilm.embed)
+    q = out.tables["queries"]
+    assert out.rows_in == 7 + 7 and out.model_calls == 14 - 1  # one image unit has no caption
+    assert out.rows_out + out.rows_quarantined == out.rows_in
+    assert out.rows_out > 0 and q.num_rows >= out.rows_out
+    assert set(q["generator"].to_pylist()) == {f"{tiny_causal_lm}@local"}
+    assert set(q["prompt_version"].to_pylist()) == {"v1"}
+    reasons = [r for r in out.quarantine["reason"].to_pylist() if not r.startswith("no caption")]
+    assert all(r.startswith("no query could be parsed") for r in reasons)
+    again = synthesize_queries(docs, captions, cfg, cache, ray_compute(cfg, 0.0), minilm.embed)
+    assert again.model_calls == len(reasons)  # only units that failed before are retried
+
+
+def test_openai_generator_quarantines_failed_units(corpus, tmp_path, minilm, monkeypatch):
+    root, docs, captions = corpus
+    bad = pa.table({"doc_id": ["bad-doc"], "source_id": ["bad"], "modality": ["text"],
+                    "text": ["ALWAYS500 this document breaks the server"], "source": ["test"]})
+    docs = pa.concat_tables([docs, bad], promote_options="default").cast(docs.schema)
+    key = "sk-queries-key-31337"
+    monkeypatch.setenv("CF_QUERIES_KEY", key)
+    with StubServer(api_key=key) as server:
+        cfg = QueriesConfig(backend="openai", model="stub-llm", per_target=2, targets=["text"],
+                            openai={"base_url": server.base_url, "api_key_env": "CF_QUERIES_KEY",
+                                    "max_retries": 1, "backoff_s": 0.01})
+        from tasks.backends.registry import build_generator
+
+        backend = build_generator(cfg)
+        prompts = {t: p for t, (p, _) in target_prompts(cfg).items()}
+
+        def compute(todo, on_batch):
+            on_batch(generate_batch(backend, todo, prompts, cfg.per_target, cfg.max_new_tokens))
+            return todo.num_rows
+
+        out = synthesize_queries(docs, None, cfg, WorkCache(DataRoot(str(tmp_path)), "queries", "units"),
+                                 compute, minilm.embed)
+    q = out.tables["queries"]
+    assert out.rows_quarantined == 1 and out.quarantine["key"][0].as_py() == "bad-doc/text"
+    assert "HTTP 500" in out.quarantine["reason"][0].as_py()
+    assert q.num_rows == 2 * 7 and set(q["generator"].to_pylist()) == {"stub-llm@api"}
+    assert all(t.startswith("echo: You write search queries") or "Document text" in t or t
+               for t in q["text"].to_pylist())
+    blob = json.dumps(out.quarantine.to_pylist()) + json.dumps(q.to_pylist())
+    assert key not in blob
