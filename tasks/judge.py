@@ -371,9 +371,14 @@ class Judge:
         if self.cfg.backend == "offline":
             return self._offline(pairs)
         prompts = self.prompts(pairs)
-        if self.cfg.scoring == "generate":
-            return self._generate(pairs, prompts)
-        return self._label_probs(pairs, prompts)
+        # similar lengths share a batch (less padding); results come back in the input order
+        order = np.argsort([len(p) if isinstance(p, str) else len(json.dumps(p)) for p in prompts], kind="stable")
+        pairs, prompts = pairs.take(pa.array(order)), [prompts[i] for i in order]
+        score = self._generate if self.cfg.scoring == "generate" else self._label_probs
+        out = score(pairs, prompts)
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return out.take(pa.array(inverse))
 
     def _offline(self, pairs: pa.Table) -> pa.Table:
         from tasks.judgments import offline_judge
@@ -475,7 +480,10 @@ def ray_compute(cfg: JudgeConfig) -> Callable[[pa.Table], pa.Table]:
     def compute(todo: pa.Table) -> pa.Table:
         num_gpus = 0.0 if cfg.backend == "openai" else gpus_for(cfg.device, STAGE)
         parts: list[pa.Table] = []
-        run_actor_pool(todo, JudgeActor, {"cfg_json": cfg.model_dump_json(), "device": torch_device(num_gpus),
+        lengths = pc.add(pc.utf8_length(pc.fill_null(todo["query_text"], "")),
+                         pc.utf8_length(pc.fill_null(todo["doc_text"], "")))
+        by_length = todo.take(pc.sort_indices(lengths))  # batches of similar length pad less
+        run_actor_pool(by_length, JudgeActor, {"cfg_json": cfg.model_dump_json(), "device": torch_device(num_gpus),
                                           "threads": cfg.threads_per_actor},
                        batch_size=cfg.batch_size if cfg.backend != "offline" else max(cfg.batch_size, 256),
                        actors=cfg.actors, cpus_per_actor=cfg.cpus_per_actor, num_gpus=num_gpus,

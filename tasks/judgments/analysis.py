@@ -47,18 +47,23 @@ def sync_judgments_view(catalog: Catalog, root: DataRoot) -> DatasetVersion | No
     as a table, since DuckDB here has no filesystem extensions for s3:// or gs://.
     """
     current = catalog.current(JUDGMENTS)
+    if current is None:
+        return None
+    if isinstance(root.fs, pafs.LocalFileSystem):
+        view_parquet(catalog, current.path)
+        return current
+    table = root.read(current.path)
     with catalog.connect() as con:
-        if current is None:
-            return None
-        if isinstance(root.fs, pafs.LocalFileSystem):
-            con.execute(f"CREATE OR REPLACE VIEW judgments AS SELECT {_COLUMNS} "
-                        f"FROM read_parquet({_quote(current.path)})")
-        else:
-            table = root.read(current.path)
-            con.register("_judgments_in", table)
-            con.execute(f"CREATE OR REPLACE TABLE judgments_materialized AS SELECT {_COLUMNS} FROM _judgments_in")
-            con.execute("CREATE OR REPLACE VIEW judgments AS SELECT * FROM judgments_materialized")
+        con.register("_judgments_in", table)
+        con.execute(f"CREATE OR REPLACE TABLE judgments_materialized AS SELECT {_COLUMNS} FROM _judgments_in")
+        con.execute("CREATE OR REPLACE VIEW judgments AS SELECT * FROM judgments_materialized")
     return current
+
+
+def view_parquet(catalog: Catalog, path: str) -> None:
+    """Point the `judgments` view at local Parquet file(s) with the judgments columns."""
+    with catalog.connect() as con:
+        con.execute(f"CREATE OR REPLACE VIEW judgments AS SELECT {_COLUMNS} FROM read_parquet({_quote(path)})")
 
 
 def judges(catalog: Catalog) -> list[str]:
