@@ -14,8 +14,10 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from schemas.config import BuildConfig, config_from_dict, load_config
+from tasks.caption import caption_task
 from tasks.embed import embed_image_task, embed_text_task
 from tasks.ingest import ingest_task
+from tasks.queries import queries_task
 from tasks.runtime.context import RunContext
 from tasks.runtime.ids import canonical_json, fingerprint
 from tasks.runtime.ray_session import ray_session
@@ -30,9 +32,12 @@ def run_stages(ctx: RunContext) -> dict:
     cfg = ctx.config
     refs: dict = {}
     refs.update(_configured(ingest_task, cfg)(ctx))
+    refs.update(_configured(caption_task, cfg)(ctx, refs["documents"]))
     refs.update(_configured(embed_text_task, cfg)(ctx, refs["documents"], refs.get("captions")))
     if cfg.embed.image is not None:
         refs.update(_configured(embed_image_task, cfg)(ctx, refs["documents"]))
+    refs.update(_configured(queries_task, cfg)(ctx, refs["documents"], refs.get("captions"),
+                                               refs.get("embeddings/text")))
     return refs
 
 

@@ -123,6 +123,34 @@ def ray_compute(cfg: CaptionConfig, corpus_root: Path, prompt: str | None, num_g
     return compute
 
 
+def local_compute(cfg: CaptionConfig, corpus_root: Path, prompt: str | None) -> Compute:
+    """In the calling process: the `openai` backend holds no model, so it runs here on its own bounded
+    thread pool, and its API key never travels to Ray workers."""
+    from tasks.backends.registry import build_captioner
+
+    def compute(todo: pa.Table, on_batch: Callable[[pa.Table], None]) -> int:
+        backend = build_captioner(cfg, "cpu")
+        try:
+            for i in range(0, todo.num_rows, cfg.batch_size):
+                on_batch(caption_batch(backend, todo.slice(i, cfg.batch_size), corpus_root, prompt,
+                                       cfg.max_new_tokens))
+        finally:
+            getattr(backend, "close", lambda: None)()
+        return todo.num_rows
+
+    return compute
+
+
+def compute_for(cfg: CaptionConfig, corpus_root: Path, num_gpus: float) -> Compute | None:
+    """`hf` runs on Ray actors, `openai` in-process, `offline` needs no model work."""
+    if cfg.backend == "offline":
+        return None
+    prompt = caption_prompt(cfg)[0]
+    if cfg.backend == "openai":
+        return local_compute(cfg, corpus_root, prompt)
+    return ray_compute(cfg, corpus_root, prompt, num_gpus)
+
+
 # ---- the stage -------------------------------------------------------------------------------
 def caption_images(documents: pa.Table, cfg: CaptionConfig, cache: WorkCache | None,
                    compute: Compute | None) -> StageOutput:
@@ -218,7 +246,7 @@ def caption_task(ctx: RunContext, documents) -> dict:
     num_gpus = gpus_for(cfg.device, STAGE) if cfg.backend == "hf" else 0.0
     fp = caption_fingerprint(cfg)
     cache = WorkCache(ctx.root, STAGE, fp) if cfg.backend != "offline" else None
-    compute = ray_compute(cfg, ctx.config.corpus_root, caption_prompt(cfg)[0], num_gpus) if cache else None
+    compute = compute_for(cfg, ctx.config.corpus_root, num_gpus)
     out = caption_images(ctx.read(documents.name, documents.version), cfg, cache, compute)
     logger = run_logger()
     logger.info("caption (%s): %d images, %d sent to the model, %d from cache, %d quarantined",

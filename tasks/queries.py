@@ -186,6 +186,35 @@ def offline_compute(cfg: QueriesConfig) -> Compute:
     return compute
 
 
+def local_compute(cfg: QueriesConfig) -> Compute:
+    """In the calling process: the `openai` backend holds no model, so it runs here on its own bounded
+    thread pool, and its API key never travels to Ray workers."""
+    from tasks.backends.registry import build_generator
+
+    prompts = {t: p for t, (p, _) in target_prompts(cfg).items()}
+
+    def compute(todo: pa.Table, on_batch: Callable[[pa.Table], None]) -> int:
+        backend = build_generator(cfg, "cpu")
+        try:
+            for i in range(0, todo.num_rows, cfg.batch_size):
+                on_batch(generate_batch(backend, todo.slice(i, cfg.batch_size), prompts, cfg.per_target,
+                                        cfg.max_new_tokens))
+        finally:
+            getattr(backend, "close", lambda: None)()
+        return todo.num_rows
+
+    return compute
+
+
+def compute_for(cfg: QueriesConfig, num_gpus: float) -> Compute:
+    """`hf` runs on Ray actors, `openai` in-process, `offline` in-process (no model)."""
+    if cfg.backend == "offline":
+        return offline_compute(cfg)
+    if cfg.backend == "openai":
+        return local_compute(cfg)
+    return ray_compute(cfg, num_gpus)
+
+
 def ray_compute(cfg: QueriesConfig, num_gpus: float) -> Compute:
     from tasks.backends.registry import run_actor_pool
     from tasks.runtime.ray_session import torch_device
@@ -470,7 +499,7 @@ def queries_task(ctx: RunContext, documents, captions=None, embeddings=None) -> 
         if emb.num_rows and emb["space"][0].as_py() == text_space(ctx.config.embed.text):
             corpus = corpus_from_embeddings(emb, set(docs["doc_id"].to_pylist()))
     num_gpus = gpus_for(cfg.device, STAGE) if cfg.backend == "hf" else 0.0
-    compute = offline_compute(cfg) if cfg.backend == "offline" else ray_compute(cfg, num_gpus)
+    compute = compute_for(cfg, num_gpus)
     cache = WorkCache(ctx.root, STAGE, "units")  # unit keys carry their target fingerprint
     previous = ctx.read(DATASET) if ctx.current(DATASET) else None
     out = synthesize_queries(docs, caps, cfg, cache, compute, embedder.embed, corpus, previous)

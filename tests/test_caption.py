@@ -10,7 +10,7 @@ from PIL import Image
 
 from schemas.config import CaptionConfig, IngestConfig, Source
 from schemas.tables import CAPTIONS
-from tasks.caption import caption_batch, caption_fingerprint, caption_images, ray_compute
+from tasks.caption import caption_fingerprint, caption_images, compute_for, local_compute, ray_compute
 from tasks.ingest import ingest_corpus
 from tasks.runtime.cache import WorkCache
 from tasks.runtime.storage import DataRoot
@@ -73,21 +73,7 @@ def test_hf_captioner_on_ray_actors_records_provenance_and_caches(corpus, tiny_c
     bumped = cfg.model_copy(update={"max_new_tokens": 5})
     cache2 = WorkCache(DataRoot(str(tmp_path)), "caption", caption_fingerprint(bumped))
     assert caption_fingerprint(bumped) != caption_fingerprint(cfg)
-    assert caption_images(docs, bumped, cache2, in_process(bumped, root)).model_calls == 6
-
-
-def in_process(cfg, root):
-    """The actor's work without Ray (same batch function, same backend builder)."""
-    from tasks.backends.registry import build_captioner
-
-    backend = build_captioner(cfg, "cpu")
-
-    def compute(todo, on_batch):
-        for i in range(0, todo.num_rows, cfg.batch_size):
-            on_batch(caption_batch(backend, todo.slice(i, cfg.batch_size), root, None, cfg.max_new_tokens))
-        return todo.num_rows
-
-    return compute
+    assert caption_images(docs, bumped, cache2, local_compute(bumped, root, None)).model_calls == 6
 
 
 def test_failed_and_empty_captions_are_quarantined_and_the_batch_goes_on(corpus, tmp_path, monkeypatch):
@@ -98,7 +84,7 @@ def test_failed_and_empty_captions_are_quarantined_and_the_batch_goes_on(corpus,
                             openai={"base_url": server.base_url, "api_key_env": "CF_CAPTION_KEY", "max_retries": 1,
                                     "backoff_s": 0.01, "timeout_s": 5})
         cache = WorkCache(DataRoot(str(tmp_path)), "caption", caption_fingerprint(cfg))
-        out = caption_images(docs, cfg, cache, in_process(cfg, root))
+        out = caption_images(docs, cfg, cache, compute_for(cfg, root, 0.0))
     reasons = dict(zip(out.quarantine["key"].to_pylist(), out.quarantine["reason"].to_pylist()))
     ids = dict(zip(docs["source_id"].to_pylist(), docs["doc_id"].to_pylist()))
     assert "HTTP 500" in reasons[ids["w13"]] and "empty caption" in reasons[ids["w17"]]

@@ -12,8 +12,7 @@ from schemas.config import CaptionConfig, IngestConfig, QueriesConfig, Source
 from schemas.tables import QUERIES
 from tasks.caption import caption_images
 from tasks.ingest import ingest_corpus
-from tasks.queries import (generate_batch, offline_compute, ray_compute, summary, summary_markdown,
-                           synthesize_queries, target_prompts)
+from tasks.queries import compute_for, offline_compute, ray_compute, summary, summary_markdown, synthesize_queries
 from tasks.runtime.cache import WorkCache
 from tasks.runtime.storage import DataRoot
 from tests.conftest import COCO
@@ -124,17 +123,8 @@ def test_openai_generator_quarantines_failed_units(corpus, tmp_path, minilm, mon
         cfg = QueriesConfig(backend="openai", model="stub-llm", per_target=2, targets=["text"],
                             openai={"base_url": server.base_url, "api_key_env": "CF_QUERIES_KEY",
                                     "max_retries": 1, "backoff_s": 0.01})
-        from tasks.backends.registry import build_generator
-
-        backend = build_generator(cfg)
-        prompts = {t: p for t, (p, _) in target_prompts(cfg).items()}
-
-        def compute(todo, on_batch):
-            on_batch(generate_batch(backend, todo, prompts, cfg.per_target, cfg.max_new_tokens))
-            return todo.num_rows
-
         out = synthesize_queries(docs, None, cfg, WorkCache(DataRoot(str(tmp_path)), "queries", "units"),
-                                 compute, minilm.embed)
+                                 compute_for(cfg, 0.0), minilm.embed)
     q = out.tables["queries"]
     assert out.rows_quarantined == 1 and out.quarantine["key"][0].as_py() == "bad-doc/text"
     assert "HTTP 500" in out.quarantine["reason"][0].as_py()

@@ -1,0 +1,101 @@
+"""Captions and queries inside the `build` flow (real Prefect, Ray, DuckDB, GX), offline and over HTTP."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from tasks.runtime.catalog import Catalog
+from tests.openai_stub import StubServer
+from tests.test_build_flow import make_config, stage_rows
+
+
+def artifacts(keys: list[str]):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def fetch():
+        async with get_client() as client:
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+
+    return asyncio.run(fetch())
+
+
+@pytest.fixture(scope="module")
+def offline_build(prefect_harness, ray_local, tmp_path_factory):
+    from flows.build import build
+
+    tmp = tmp_path_factory.mktemp("queries-flow")
+    config = make_config(tmp)
+    return tmp, config, build(config_path=str(config))
+
+
+def test_captions_and_queries_are_published_with_lineage(offline_build):
+    _, _, result = offline_build
+    stages = stage_rows(result["catalog"], result["run_id"])
+    assert stages["caption"]["rows_in"] == 17 and stages["caption"]["rows_quarantined"] == 1
+    assert result["datasets"]["captions"]["rows"] == 16
+    assert stages["queries"]["rows_in"] == stages["queries"]["rows_out"] + stages["queries"]["rows_quarantined"]
+    assert stages["queries"]["rows_out"] < result["datasets"]["queries"]["rows"] <= 2 * stages["queries"]["rows_out"]
+    cat = Catalog(result["catalog"])
+    parents = {r["parent_name"] for r in cat.lineage("queries").to_pylist()}
+    assert parents == {"documents", "captions", "embeddings/text"}
+    kinds = cat.query(f"SELECT DISTINCT item_kind FROM read_parquet('{cat.current('embeddings/text').path}')")
+    assert set(kinds["item_kind"].to_pylist()) == {"document", "caption"}  # captions were embedded
+
+
+def test_query_artifacts(offline_build):
+    arts = artifacts(["queries-per-target", "queries-filter-pass-rates", "queries-sample"])
+    assert {a.key for a in arts} == {"queries-per-target", "queries-filter-pass-rates", "queries-sample"}
+    per_target = json.loads(next(a for a in arts if a.key == "queries-per-target").data)
+    assert {r["target"] for r in per_target} == {"text", "image", "text+image"}
+    assert all(r["queries"] > 0 for r in per_target)
+    md = next(a for a in arts if a.key == "queries-sample").data
+    assert "### Sampled queries" in md and md.count("\n| ") >= 3 + 5 + 10
+
+
+def test_rerun_generates_nothing_and_publishes_nothing_new(offline_build):
+    from flows.build import build
+
+    _, config, first = offline_build
+    again = build(config_path=str(config))
+    stages = stage_rows(again["catalog"], again["run_id"])
+    assert stages["queries"]["model_calls"] == 0 and stages["queries"]["cache_hits"] == stages["queries"]["rows_out"]
+    assert again["datasets"]["queries"] == first["datasets"]["queries"]
+    assert again["datasets"]["captions"] == first["datasets"]["captions"]
+
+
+def test_openai_backends_in_the_flow_never_leak_the_key(prefect_harness, ray_local, tmp_path, monkeypatch, caplog):
+    from flows.build import build
+
+    key = "sk-flow-key-5a5a5a5a5a"
+    monkeypatch.setenv("CF_FLOW_KEY", key)
+    config = make_config(tmp_path)
+    manifest = tmp_path / "corpus" / "documents.jsonl"
+    manifest.write_text(manifest.read_text() + json.dumps({"id": "boom", "text": "ALWAYS500 breaks the model"}) + "\n")
+    with StubServer(api_key=key) as server, caplog.at_level(logging.DEBUG):
+        endpoint = {"base_url": server.base_url, "api_key_env": "CF_FLOW_KEY", "max_retries": 1, "backoff_s": 0.01}
+        import yaml
+
+        raw = yaml.safe_load(config.read_text())
+        raw["caption"] = {"backend": "openai", "model": "stub-vlm", "openai": endpoint}
+        raw["queries"] = {"backend": "openai", "model": "stub-llm", "targets": ["text", "image"], "openai": endpoint}
+        config.write_text(yaml.safe_dump(raw))
+        result = build(config_path=str(config))
+    assert server.auth_failures == 0
+    stages = stage_rows(result["catalog"], result["run_id"])
+    assert stages["caption"]["model_calls"] == 17 and stages["caption"]["rows_quarantined"] == 0
+    q = Catalog(result["catalog"]).query("SELECT key, reason FROM quarantine WHERE stage = 'queries'").to_pylist()
+    assert len(q) == 1 and q[0]["key"].endswith("/text") and "HTTP 500" in q[0]["reason"]
+
+    work = tmp_path / "work"
+    for f in work.rglob("*"):
+        if f.is_file():
+            assert key.encode() not in f.read_bytes(), f"API key found in {f}"
+    for a in artifacts(["queries-per-target", "queries-filter-pass-rates", "queries-sample", "build-stages",
+                        "build-quarantine"]):
+        assert key not in str(a.data)
+    assert key not in caplog.text
