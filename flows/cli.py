@@ -117,8 +117,22 @@ def print_build_summary(result: dict) -> None:
     print(f"Data root: {result['data_root']}")
     print()
     print("Look at it with SQL:")
-    print(f"  corpusforge sql --catalog {result['catalog']} \"SELECT name, version, row_count, created_at FROM datasets WHERE is_current\"")
-    print(f"  corpusforge sql --catalog {result['catalog']} \"SELECT modality, count(*) AS n, any_value(text) AS example FROM documents GROUP BY ALL\"")
+    exe = _invocation()
+    print(f"  {exe} sql --catalog {result['catalog']} \"SELECT name, version, row_count, created_at FROM datasets WHERE is_current\"")
+    print(f"  {exe} sql --catalog {result['catalog']} \"SELECT modality, count(*) AS n, any_value(text) AS example FROM documents GROUP BY ALL\"")
+
+
+def _invocation() -> str:
+    """How the user can call us again: `corpusforge` when on PATH, else the script's path."""
+    import shutil
+
+    script = Path(sys.argv[0])
+    if script.name == "corpusforge" and shutil.which("corpusforge") != str(script.resolve()):
+        try:
+            return os.path.relpath(script)
+        except ValueError:
+            return str(script)
+    return "corpusforge"
 
 
 def cmd_datasets(args) -> int:

@@ -63,6 +63,10 @@ class EmbedConfig(Strict):
     cpus_per_actor: float = Field(1, gt=0)
     threads_per_actor: int | None = Field(None, ge=1, description="torch threads; default: all local cores")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    local_below: int = Field(
+        0, ge=0,
+        description="a job of fewer items runs in the flow process with a cached model instead of "
+                    "starting an actor pool (worth it for small scheduled refresh deltas); 0 = always Ray")
 
 
 class RayConfig(Strict):
@@ -320,6 +324,11 @@ class JudgeConfig(ModelBackend):
     images: Literal["caption", "pixels"] = Field(
         "caption", description="image documents: judged through their captions, or the pixels (openai VLMs)")
     max_new_tokens: int = Field(8, gt=0, description="generate-and-parse answers are short")
+    answerability: bool = Field(False, description="build flow: also judge each query on its source document "
+                                "and record queries.pass_answerable (grade >= answerable_min_grade)")
+    answerable_min_grade: int = Field(2, ge=0, le=3)
+    local_below: int = Field(0, ge=0, description="fewer pairs than this are judged in the flow process "
+                             "instead of on a Ray actor pool; 0 = always Ray")
     offline: OfflineJudge = OfflineJudge()
 
 

@@ -126,6 +126,15 @@ def run_on_ray(todo: pa.Table, actor: type, ctor_kwargs: dict, cache: WorkCache,
     return done + _flush(cache, pending)
 
 
+def embed_in_process(todo: pa.Table, cfg: EmbedConfig, cache: WorkCache, device: str) -> int:
+    """Small jobs: the flow process's cached model, no actor-pool start-up."""
+    from tasks.backends.embedders import local_text_embedder
+
+    model = local_text_embedder(cfg.text.model_dump_json(), device)
+    cache.append(pa.table({KEY: todo[KEY], "vector": _fixed(model.embed(todo["text"].to_pylist()))}))
+    return todo.num_rows
+
+
 def _flush(cache: WorkCache, pending: list[pa.Table]) -> int:
     if not pending:
         return 0
@@ -190,6 +199,8 @@ def embed_texts(documents: pa.Table, captions: pa.Table | None, cfg: EmbedConfig
     ray_batch = cfg.text.batch_size * 8
 
     def compute(todo: pa.Table, cache: WorkCache) -> int:
+        if todo.num_rows < cfg.local_below:
+            return embed_in_process(todo, cfg, cache, torch_device(num_gpus))
         return run_on_ray(todo.select([KEY, "text"]), TextEmbedActor,
                           {"cfg_json": cfg.text.model_dump_json(), "device": torch_device(num_gpus),
                            "threads": cfg.threads_per_actor},

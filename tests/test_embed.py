@@ -59,6 +59,22 @@ def test_text_embeddings_cache_and_increment(ray_local, sample_docs, cache_for, 
     assert more.model_calls == 3 and more.tables["embeddings/text"].num_rows == n_text + 3
 
 
+def test_small_jobs_can_run_in_process_with_the_same_vectors(ray_local, sample_docs, tmp_path):
+    caches = {}
+
+    def cache_for(name):
+        root = DataRoot(str(tmp_path / name))
+        return lambda stage, fp: caches.setdefault(name, WorkCache(root, stage, fp))
+
+    on_ray = embed_texts(sample_docs, None, EmbedConfig(), cache_for("ray"), num_gpus=0)
+    local = embed_texts(sample_docs, None, EmbedConfig(local_below=1000), cache_for("local"), num_gpus=0)
+    assert local.model_calls == on_ray.model_calls > 0
+    a = on_ray.tables["embeddings/text"].sort_by("item_id")
+    b = local.tables["embeddings/text"].sort_by("item_id")
+    np.testing.assert_allclose(np.stack(a["vector"].to_numpy(zero_copy_only=False)),
+                               np.stack(b["vector"].to_numpy(zero_copy_only=False)), atol=1e-5)
+
+
 def test_identical_texts_share_one_model_call(ray_local, cache_for):
     docs = pa.Table.from_pylist([{"doc_id": f"{i:032x}", "modality": "text", "text": "same words", "source": "t"}
                                  for i in range(3)], schema=DOCUMENTS)

@@ -52,26 +52,33 @@ def bench_embed_flow(tmp: Path, n: int) -> None:
 
 
 def bench_refresh(tmp: Path, n: int) -> None:
+    """Full build, no-op re-run, +1% documents on Ray, +1% more with small jobs run in-process."""
     from flows.build import build
 
-    texts = synthetic_texts(n + n // 100, seed=2)
+    step = n // 100
+    texts = synthetic_texts(n + 2 * step, seed=2)
     corpus = tmp / "refresh-corpus"
     write_manifest(corpus, texts[:n])
-    config = write_config(tmp, corpus, tmp / "refresh-work")
+    work = tmp / "refresh-work"
+    on_ray = write_config(tmp, corpus, work)
 
-    def run() -> tuple[float, float, int]:
+    def run(config: Path) -> tuple[float, float, int]:
         t0 = time.perf_counter()
         result = build(config_path=str(config))
         wall = time.perf_counter() - t0
         stages = _stage_seconds(result["catalog"], result["run_id"])
         return wall, sum(s for s, _ in stages.values()), sum(c or 0 for _, c in stages.values())
 
-    _, full, full_calls = run()
-    noop_wall, noop, noop_calls = run()
-    write_manifest(corpus, texts)  # +1% new documents
-    _, delta, delta_calls = run()
+    _, full, _ = run(on_ray)
+    noop_wall, noop, noop_calls = run(on_ray)
+    write_manifest(corpus, texts[: n + step])
+    _, delta, delta_calls = run(on_ray)
+    local = write_config(tmp / "local", corpus, work, extra="embed:\n  local_below: 1000\n")
+    write_manifest(corpus, texts)
+    _, delta_local, _ = run(local)
     print(f"BENCH refresh noop_fraction={noop / full:.4f} delta1pct_fraction={delta / full:.4f} "
-          f"noop_model_calls={noop_calls} startup_s={noop_wall - noop:.1f} full_stage_s={full:.1f} "
+          f"noop_model_calls={noop_calls} startup_s={noop_wall - noop:.1f} "
+          f"delta1pct_fraction_local={delta_local / full:.4f} full_stage_s={full:.1f} "
           f"delta_model_calls={delta_calls} n={n}", flush=True)
 
 

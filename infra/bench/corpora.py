@@ -33,6 +33,7 @@ def write_manifest(folder: Path, texts: list[str], name: str = "documents.jsonl"
 
 
 def write_config(folder: Path, corpus: Path, workdir: Path, extra: str = "") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
     cfg = folder / "config.yaml"
     cfg.write_text(f"name: bench\ncorpus:\n  root: {corpus}\n  sources:\n    - kind: manifest\n      path: documents.jsonl\n"
                    f"workdir: {workdir}\nflow:\n  retries: 0\n{extra}")
