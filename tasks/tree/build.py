@@ -39,7 +39,7 @@ class BuildParams:
     seed: int = 0
 
 
-def _leaf_text(text: str | None, limit: int) -> str:
+def leaf_text(text: str | None, limit: int) -> str:
     text = " ".join((text or "").split())
     return text[:limit] or "(no text)"
 
@@ -66,7 +66,7 @@ def _add_leaves(tree: Tree, doc_ids: Sequence[str], texts: Sequence[str], vector
     if len(set(doc_ids)) != len(doc_ids):
         raise ValueError("doc_ids must be unique: a document is exactly one leaf")
     return [tree.add_node(leaf_node_id(tree.tree_id, d), parent, vectors[i], doc_id=d,
-                          text=_leaf_text(texts[i], params.leaf_chars)) for i, d in enumerate(doc_ids)]
+                          text=leaf_text(texts[i], params.leaf_chars)) for i, d in enumerate(doc_ids)]
 
 
 def summarize_nodes(tree: Tree, nodes: list[int], summarizer: Summarizer, embed: EmbedFn | None,
@@ -154,7 +154,7 @@ def build_top_down(tree_id: str, doc_ids: Sequence[str], texts: Sequence[str], v
     vectors = normalize(vectors)
     M = params.max_branching
     tree = _new_tree(tree_id, space, summarizer, params, vectors.shape[1])
-    levels = summarizer.keyword_levels([_leaf_text(t, params.leaf_chars) for t in texts])
+    levels = summarizer.keyword_levels([leaf_text(t, params.leaf_chars) for t in texts])
     titles: dict[int, str] = {}
     stack: list[tuple[int, np.ndarray]] = [(ROOT, np.arange(len(doc_ids)))]
     while stack:

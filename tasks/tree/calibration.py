@@ -60,20 +60,18 @@ def fit(slates: list[list[tuple[object, float]]], weights: str = "score") -> Cal
     r = np.array(rows)
     slate_of, node_of, s = r[:, 0].astype(int), r[:, 1].astype(int), r[:, 2]
     w = score_weights(s) if weights == "score" else np.ones(len(s))
-    # normal equations of the weighted problem, with the ridge on the offsets
-    k = n_nodes + n_slates
-    normal = np.zeros((k, k))
-    rhs = np.zeros(k)
-    slate_col = n_nodes + slate_of
-    np.add.at(normal, (node_of, node_of), w)
-    np.add.at(normal, (slate_col, slate_col), w)
-    np.add.at(normal, (node_of, slate_col), w)
-    np.add.at(normal, (slate_col, node_of), w)
-    normal[np.arange(n_nodes, k), np.arange(n_nodes, k)] += OFFSET_RIDGE * w.sum() / max(n_slates, 1)
-    np.add.at(rhs, node_of, w * s)
-    np.add.at(rhs, slate_col, w * s)
-    sol = np.linalg.lstsq(normal, rhs, rcond=None)[0]
-    u, b = sol[:n_nodes], sol[n_nodes:]
+    # Normal equations [[Dn, C], [Cᵀ, Ds + λ]]·[u; b] = [rn; rs], solved through the Schur
+    # complement on the offsets: slates are few (≤ 1 + B·(N−1)), nodes are many.
+    dn = np.bincount(node_of, weights=w, minlength=n_nodes)
+    ds = np.bincount(slate_of, weights=w, minlength=n_slates) + OFFSET_RIDGE * w.sum() / max(n_slates, 1)
+    cross = np.zeros((n_nodes, n_slates))
+    np.add.at(cross, (node_of, slate_of), w)
+    rn = np.bincount(node_of, weights=w * s, minlength=n_nodes)
+    rs = np.bincount(slate_of, weights=w * s, minlength=n_slates)
+    scaled = cross / dn[:, None]
+    schur = np.diag(ds) - cross.T @ scaled
+    b = np.linalg.solve(schur, rs - scaled.T @ rn)
+    u = (rn - cross @ b) / dn
     shift = float(u.mean())
     a = float(u.std())
     theta = (u - shift) / a if a > 1e-12 else np.zeros(n_nodes)

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tasks.tree.build import BuildParams, EmbedFn, _leaf_text, summarize_nodes
+from tasks.tree.build import BuildParams, EmbedFn, leaf_text, summarize_nodes
 from tasks.tree.cluster import balanced_partition, normalize
 from tasks.tree.model import ROOT, Tree, internal_node_id, leaf_node_id
 from tasks.tree.summarize import Summarizer
@@ -89,7 +89,7 @@ def insert_documents(tree: Tree, doc_ids: Sequence[str], texts: Sequence[str], v
             report.already_present.append(d)
             continue
         v = _descend(tree, vectors[i])
-        text = _leaf_text(texts[i], params.leaf_chars)
+        text = leaf_text(texts[i], params.leaf_chars)
         tree.add_node(leaf_node_id(tree.tree_id, d), v, vectors[i], doc_id=d, text=text)
         added.append(text)
         touched.add(v)

@@ -68,7 +68,7 @@ class _State:
         self.expanded: list[int] = []
         self.expanded_set: set[int] = set()
         self.slates: list[list[tuple[int, float]]] = []
-        self.raw: dict[int, list[float]] = {}
+        self.raw: dict[int, tuple[float, int]] = {}  # node -> (sum of scores, count)
         self.shat: dict[int, float] = {}
         self.p: dict[int, float] = {ROOT: 1.0}
         self.cal: calibration.Calibration | None = None
@@ -79,8 +79,8 @@ class _State:
             self.seen.append(v)
 
     def raw_mean(self, v: int) -> float:
-        r = self.raw.get(v)
-        return float(np.mean(r)) if r else -1.0
+        total, n = self.raw.get(v, (0.0, 0))
+        return total / n if n else -1.0
 
     def order_key(self, v: int):
         return (-self.p.get(v, 0.0), -self.raw_mean(v), v)
@@ -93,7 +93,7 @@ class _State:
         self.cal = calibration.fit(self.slates)
         self.shat = self.cal.scaled()
         f = self.params.path_factor
-        for v in self.seen:  # parents come before children
+        for v in self.seen[1:]:  # the root first, then parents before children
             parent = self.tree.parent[v]
             self.p[v] = f * self.shat.get(v, 0.0) + (1 - f) * self.p[parent]
 
@@ -159,7 +159,8 @@ def search(tree: Tree, query: str, scorer: SlateScorer, params: SearchParams = S
                 continue
             obs = [(c, s / 100.0) for c, s in zip(slate, scores) if s is not None]
             for c, s in obs:
-                state.raw.setdefault(c, []).append(s)
+                total, n = state.raw.get(c, (0.0, 0))
+                state.raw[c] = (total + s, n + 1)
             state.slates.append(obs)
         state.refit()
     return SearchResult(query, _ranking(state, k), calls, failed, iterations,

@@ -59,19 +59,34 @@ class Summarizer(Protocol):
     def update_corpus(self, added: Sequence[str], removed: Sequence[str]) -> None: ...
 
 
+_CHUNK = re.compile(r"[^\w\s'’-]+|\s[-–—]+\s")
+_WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
+
+
 class TermStats:
     """Corpus document frequencies of terms (unigrams and bigrams); exact under inserts and deletes."""
 
     def __init__(self) -> None:
-        from sklearn.feature_extraction.text import CountVectorizer
+        from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-        self._analyze = CountVectorizer(stop_words="english", ngram_range=(1, 2), lowercase=True,
-                                        token_pattern=r"(?u)\b[^\W\d_][^\W\d_]+\b").build_analyzer()
+        self.stop = ENGLISH_STOP_WORDS
         self.df: Counter = Counter()
         self.n_docs = 0
 
     def terms(self, text: str) -> list[str]:
-        return self._analyze(text or "")
+        """Unigrams and bigrams of adjacent words, never across punctuation or a stop word, so
+        every keyphrase occurs verbatim in the texts it came from."""
+        out = []
+        for chunk in _CHUNK.split((text or "").lower()):
+            words = _WORD.findall(chunk)
+            keep = [len(w) > 1 and w not in self.stop for w in words]
+            for i, w in enumerate(words):
+                if not keep[i]:
+                    continue
+                out.append(w)
+                if i + 1 < len(words) and keep[i + 1]:
+                    out.append(f"{w} {words[i + 1]}")
+        return out
 
     def add(self, texts: Sequence[str], sign: int = 1) -> None:
         for t in texts:
