@@ -100,7 +100,7 @@ def judge_name(cfg: JudgeConfig, prompt_sha: str | None = None) -> str:
 def judge_fingerprint(cfg: JudgeConfig) -> str:
     """What changes the judgments: model, revision, prompt, scoring, parameters (not batch size)."""
     keep = cfg.model_dump(mode="json", exclude={"enabled", "top_k", "batch_size", "actors", "cpus_per_actor",
-                                                "threads_per_actor", "device"})
+                                                "threads_per_actor", "device", "local_below"})
     keep["openai"] = {"base_url": cfg.openai.base_url, "top_logprobs": cfg.openai.top_logprobs}
     if cfg.backend != "offline":
         keep["prompt_sha"] = load_template(cfg)[1]
@@ -231,16 +231,29 @@ def _pairs_qrels(path: Path):
     return trec_io.Parsed(t, q, lines, dups)
 
 
-def pool_from_catalog(ctx, top_k: int) -> Pool:
-    """The passing synthetic queries x their top-k candidates (the `candidates` dataset, or a
-    FAISS top-k over the text embeddings when no candidates were published)."""
-    queries = ctx.read("queries")
-    queries = queries.filter(pc.equal(queries["passed"], True))
+def usable_queries(queries: pa.Table) -> pa.Table:
+    """Queries that pass every filter except answerability (which the judge itself decides)."""
+    ok = None
+    for col in ("pass_length", "pass_copy", "pass_dedup", "pass_roundtrip"):
+        c = pc.fill_null(queries[col], False)
+        ok = c if ok is None else pc.and_(ok, c)
+    return queries.filter(ok) if ok is not None else queries
+
+
+def pool_from_catalog(ctx, top_k: int, with_sources: bool = False) -> Pool:
+    """The usable synthetic queries x their top-k candidates (the `candidates` dataset, or a
+    FAISS top-k over the text embeddings when no candidates were published); with_sources adds
+    each query's own source document (for answerability)."""
+    queries = usable_queries(ctx.read("queries"))
     documents = ctx.read("documents")
     captions = ctx.read("captions") if ctx.current("captions") else None
-    cands = _candidates(ctx, queries, top_k)
-    parents = [v for v in (ctx.current("queries"), ctx.current("documents"), ctx.current("captions"),
-                           ctx.current("candidates")) if v is not None]
+    cands, source = _candidates(ctx, queries, top_k)
+    if with_sources:
+        sources = queries.select(["query_id", "doc_id"])
+        cands = pa.concat_tables([cands.select(["query_id", "doc_id"]).cast(sources.schema), sources])
+        cands = cands.group_by(["query_id", "doc_id"]).aggregate([])
+    parents = [v for v in (ctx.current("queries"), ctx.current("documents"), ctx.current("captions"), source)
+               if v is not None]
     qtext = dict(zip(queries["query_id"].to_pylist(), queries["text"].to_pylist()))
     dtext = document_texts(documents, captions)
     root = ctx.config.corpus_root
@@ -273,15 +286,16 @@ def document_texts(documents: pa.Table, captions: pa.Table | None) -> dict[str, 
     return out
 
 
-def _candidates(ctx, queries: pa.Table, top_k: int) -> pa.Table:
+def _candidates(ctx, queries: pa.Table, top_k: int):
+    """(query_id, doc_id) pairs and the dataset version they came from."""
     if ctx.current("candidates") is not None:
         c = ctx.read("candidates")
         c = c.filter(pc.and_(pc.less_equal(c["rank"], top_k), pc.is_in(c["query_id"], queries["query_id"])))
-        return c.group_by(["query_id", "doc_id"]).aggregate([])
+        return c.group_by(["query_id", "doc_id"]).aggregate([]), ctx.current("candidates")
     return _faiss_topk(ctx, queries, top_k)
 
 
-def _faiss_topk(ctx, queries: pa.Table, top_k: int) -> pa.Table:
+def _faiss_topk(ctx, queries: pa.Table, top_k: int):
     import faiss
 
     from tasks.backends.embedders import local_text_embedder
@@ -292,16 +306,24 @@ def _faiss_topk(ctx, queries: pa.Table, top_k: int) -> pa.Table:
         raise RuntimeError("judging the build's queries needs document text embeddings (the embed stage) "
                            "or a published `candidates` dataset")
     emb = ctx.read(emb_names[0])
-    emb = emb.filter(pc.equal(emb["item_kind"], "document"))
+    emb = emb.filter(pc.is_in(emb["item_kind"], pa.array(["document", "caption"])))  # images via captions
     vecs = np.stack(emb["vector"].to_numpy(zero_copy_only=False)).astype(np.float32)
     doc_ids = emb["doc_id"].to_pylist()
     qv = local_text_embedder(ctx.config.embed.text.model_dump_json()).embed(queries["text"].to_pylist())
     index = faiss.IndexFlatIP(vecs.shape[1])
     index.add(vecs)
-    _, idx = index.search(qv, min(top_k, len(doc_ids)))
+    _, idx = index.search(qv, min(2 * top_k, len(doc_ids)))  # a document may have several vectors
     qids = queries["query_id"].to_pylist()
-    rows = {(qids[i], doc_ids[j]) for i in range(len(qids)) for j in idx[i] if j >= 0}
-    return pa.table({"query_id": [r[0] for r in sorted(rows)], "doc_id": [r[1] for r in sorted(rows)]})
+    rows = set()
+    for i, qid in enumerate(qids):
+        seen: list[str] = []
+        for j in idx[i]:
+            if j >= 0 and doc_ids[j] not in seen and len(seen) < top_k:
+                seen.append(doc_ids[j])
+        rows |= {(qid, d) for d in seen}
+    rows = sorted(rows)
+    return (pa.table({"query_id": [r[0] for r in rows], "doc_id": [r[1] for r in rows]}, schema=pa.schema(
+        [("query_id", pa.string()), ("doc_id", pa.string())])), ctx.current(emb_names[0]))
 
 
 # ---- scoring ----------------------------------------------------------------------------------
@@ -337,10 +359,11 @@ class Judge:
         self.cfg = cfg
         self.backend = backend
         if cfg.backend == "offline":
-            from tasks.backends.embedders import SentenceTransformerEmbedder
+            from tasks.backends.embedders import local_text_embedder
 
-            self.template, sha = None, None
-            self.backend = backend or SentenceTransformerEmbedder(cfg.offline.encoder, device="cpu" if device == "auto" else device)
+            self.template, sha = None, None  # loaded once per process and encoder config
+            self.backend = backend or local_text_embedder(cfg.offline.encoder.model_dump_json(),
+                                                          "cpu" if device == "auto" else device)
         else:
             from tasks.backends.registry import build_label_scorer
 
@@ -499,6 +522,19 @@ def ray_compute(cfg: JudgeConfig) -> Callable[[pa.Table], pa.Table]:
     return compute
 
 
+def default_compute(cfg: JudgeConfig) -> Callable[[pa.Table], pa.Table]:
+    """Ray actors for model work; an HTTP judge runs in-process so its key never reaches workers,
+    and so does a job smaller than judge.local_below (no actor pool start-up for a few pairs)."""
+    if cfg.backend == "openai":
+        return in_process_compute(cfg)
+    on_ray = ray_compute(cfg)
+
+    def compute(todo: pa.Table) -> pa.Table:
+        return in_process_compute(cfg)(todo) if todo.num_rows < cfg.local_below else on_ray(todo)
+
+    return compute
+
+
 def in_process_compute(cfg: JudgeConfig, backend=None) -> Callable[[pa.Table], pa.Table]:
     judge = Judge(cfg, cfg.device, backend)
     return lambda todo: pa.concat_tables([judge(todo.slice(i, cfg.batch_size))
@@ -512,7 +548,7 @@ def run_judge_stage(store, pool: Pool, cfg: JudgeConfig, *, run_id: str | None,
     started = time.perf_counter()
     name = judge_name(cfg)
     current = store.current("judgments")
-    new, out = judge_pool(pool, cfg, current, compute or ray_compute(cfg), name)
+    new, out = judge_pool(pool, cfg, current, compute or default_compute(cfg), name)
     res = store.publish_judgments(new, out, run_id=run_id, fingerprint_=judge_fingerprint(cfg), started=started,
                                   parents=pool.parents or [], merge_keys=["judge", "query_id", "doc_id"])
     summary = out.counts() | {"judge": name, "statuses": out.notes["statuses"], "dataset": res.dataset.ref,
@@ -520,3 +556,60 @@ def run_judge_stage(store, pool: Pool, cfg: JudgeConfig, *, run_id: str | None,
     logger.info("judge %s: %d pairs, %d judged now, %d cached, statuses %s", name, out.rows_out,
                 out.model_calls, out.cache_hits, out.notes["statuses"])
     return summary
+
+
+# ---- the build flow's judge stage ---------------------------------------------------------------
+from tasks.runtime.prefect_support import run_logger, stage_task  # noqa: E402
+
+
+@stage_task("judge")
+def judge_task(ctx, queries=None, embeddings=None) -> dict:
+    """Judge the corpus's synthetic queries x their top-k candidates (when judge.enabled) and,
+    with judge.answerability, record each query's grade on its own source document."""
+    from tasks.judgments.analysis import sync_judgments_view
+    from tasks.judgments.store import merge
+    from tasks.runtime.context import stage_clock
+
+    cfg = ctx.config.judge
+    if not cfg.enabled:
+        return {}
+    logger = run_logger()
+    started_at, t0 = stage_clock()
+    pool = pool_from_catalog(ctx, cfg.top_k, with_sources=cfg.answerability)
+    name = judge_name(cfg)
+    current = ctx.read("judgments") if ctx.current("judgments") else None
+    new, out = judge_pool(pool, cfg, current, default_compute(cfg), name)
+    out.tables = {"judgments": merge(current, new, ["judge", "query_id", "doc_id"])}
+    logger.info("judge %s: %d pairs, %d judged now, %d cached, statuses %s", name, out.rows_out,
+                out.model_calls, out.cache_hits, out.notes["statuses"])
+    results = ctx.record(out, parents=pool.parents, fingerprint=judge_fingerprint(cfg), started_at=started_at,
+                         started=t0, logger=logger)
+    sync_judgments_view(ctx.catalog, ctx.root)
+    refs = {n: r.dataset for n, r in results.items()}
+    if cfg.answerability:
+        refs |= _record_answerability(ctx, cfg, name, refs["judgments"], logger)
+    return refs
+
+
+def source_grades(judgments: pa.Table, queries: pa.Table, judge: str) -> dict[str, int]:
+    """Each query's grade on its own source document by `judge` (graded pairs only)."""
+    mine = judgments.filter(pc.and_(pc.equal(judgments["judge"], judge), pc.is_valid(judgments["grade"])))
+    grade = {(q, d): g for q, d, g in zip(mine["query_id"].to_pylist(), mine["doc_id"].to_pylist(),
+                                          mine["grade"].to_pylist())}
+    return {q: grade[(q, d)] for q, d in zip(queries["query_id"].to_pylist(), queries["doc_id"].to_pylist())
+            if (q, d) in grade}
+
+
+def _record_answerability(ctx, cfg: JudgeConfig, judge: str, judgments_ref, logger) -> dict:
+    from tasks.queries import apply_answerability
+    from tasks.runtime.context import stage_clock
+
+    started_at, t0 = stage_clock()
+    queries = ctx.read("queries")
+    grades = source_grades(ctx.read("judgments"), queries, judge)
+    updated = apply_answerability(queries, grades, cfg.answerable_min_grade)
+    out = StageOutput("judge_answerability", {"queries": updated}, rows_in=queries.num_rows,
+                      rows_out=updated.num_rows, notes={"graded": len(grades)})
+    results = ctx.record(out, parents=[ctx.current("queries"), judgments_ref], fingerprint=judge_fingerprint(cfg),
+                         started_at=started_at, started=t0, logger=logger)
+    return {n: r.dataset for n, r in results.items()}
