@@ -1,0 +1,174 @@
+"""CLI commands for semantic trees.
+
+    corpusforge search "QUERY" [--tree NAME] [--k N] [--scorer embedding|llm] [--format text|json]
+    corpusforge tree show [--tree NAME] [--depth D] [--width W]
+    corpusforge tree list
+    corpusforge tree search --queries FILE [--tree NAME] [--k N] [--qids Q...] [--trec-out FILE]
+
+All take --catalog PATH or --config FILE (the config supplies the tree and search settings and
+the LLM backend for `--scorer llm`).
+"""
+from __future__ import annotations
+
+import json
+
+
+def _config(args):
+    from schemas.config import load_config
+
+    return load_config(args.config) if getattr(args, "config", None) else None
+
+
+def _store(args):
+    from flows.cli import catalog_path
+    from flows.search import open_store
+
+    config = _config(args)
+    catalog = getattr(args, "catalog", None) or (None if config else catalog_path(args))
+    try:
+        cat, root = open_store(catalog, config)
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from None
+    return config, cat, root
+
+
+def _tree_name(args, config) -> str:
+    return args.tree or (config.tree.name if config else "default")
+
+
+def _load(args):
+    from tasks.tree.stage import load_tree
+
+    config, cat, root = _store(args)
+    try:
+        return config, load_tree(cat, root, _tree_name(args, config))
+    except KeyError as e:
+        raise SystemExit(str(e).strip("'\"")) from None
+
+
+def cmd_search(args) -> int:
+    from flows.search import make_scorer
+    from schemas.config import TreeConfig
+    from tasks.tree.search import SearchParams, search
+
+    config, loaded = _load(args)
+    tcfg = config.tree if config else TreeConfig()
+    s = tcfg.search
+    params = SearchParams(args.beam or s.beam, args.iterations or s.iterations, s.calibration_leaves,
+                          s.path_factor, tcfg.seed)
+    try:
+        scorer = make_scorer(tcfg, loaded.tree.space, [config.embed.text] if config else [], args.scorer)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    result = search(loaded.tree, args.query, scorer, params, k=args.k)
+    if args.format == "json":
+        print(json.dumps({"query": result.query, "tree": loaded.nodes.ref, "scorer": scorer.name,
+                          "scorer_calls": result.scorer_calls, "failed_slates": result.failed_slates,
+                          "hits": [{"rank": h.rank, "doc_id": h.doc_id, "score": h.score, "calibrated": h.calibrated,
+                                    "path": [{"node_id": n, "summary": t} for n, t in h.path],
+                                    "text": loaded.tree.text[loaded.tree.leaf_of(h.doc_id)]}
+                                   for h in result.hits]}, indent=2))
+        return 0
+    print(f"Query: {result.query}")
+    print(f"Tree {loaded.nodes.ref} ({loaded.tree.n_docs} documents), scorer {scorer.name}: "
+          f"{result.scorer_calls} scorer calls, {result.failed_slates} failed slates")
+    print()
+    for h in result.hits:
+        text = " ".join(loaded.tree.text[loaded.tree.leaf_of(h.doc_id)].split())
+        print(f"{h.rank:>3}. {h.doc_id}  p={h.score:.3f}  {_cut(text, args.width)}")
+        for depth, (_, summary) in enumerate(h.path, start=1):
+            print(f"{'':>6}{'  ' * (depth - 1)}└ {_cut(summary, args.width - 2 * depth)}")
+    return 0
+
+
+def cmd_tree_show(args) -> int:
+    from tasks.tree.model import ROOT
+
+    _, loaded = _load(args)
+    tree = loaded.tree
+    counts = tree.n_leaves()
+    print(f"Tree {loaded.nodes.ref}: {tree.n_docs} documents, {len(tree.live_nodes())} nodes, height {tree.height()}, "
+          f"summarizer {tree.summarizer}, space {tree.space}")
+    print(f"root: {_cut(tree.text[ROOT], args.width)}")
+
+    def show(v: int, depth: int) -> None:
+        kids = tree.children[v]
+        for c in kids[: args.breadth]:
+            label = f"[doc {tree.doc_id[c]}] " if tree.is_leaf(c) else f"({counts[c]} docs) "
+            print(f"{'  ' * depth}- {label}{_cut(tree.text[c], args.width - 2 * depth)}")
+            if depth < args.depth:
+                show(c, depth + 1)
+        if len(kids) > args.breadth:
+            print(f"{'  ' * depth}  … {len(kids) - args.breadth} more")
+
+    show(ROOT, 1)
+    return 0
+
+
+def cmd_tree_list(args) -> int:
+    from flows.cli import print_table
+
+    _, cat, _ = _store(args)
+    print_table(cat.query("SELECT d.name, d.version, d.row_count AS nodes, d.created_at, d.fingerprint "
+                          "FROM datasets d WHERE d.is_current AND d.name LIKE 'tree_nodes/%' ORDER BY d.name"))
+    return 0
+
+
+def cmd_tree_search(args) -> int:
+    from flows.search import search_flow
+
+    summary = search_flow(catalog=getattr(args, "catalog", None), config_path=getattr(args, "config", None),
+                          tree=args.tree, queries_file=args.queries, k=args.k, scorer=args.scorer,
+                          qids=args.qids, trec_out=args.trec_out)
+    print(f"Searched {summary['queries']} queries in {summary['tree']}: {summary['calls_per_query']:.1f} scorer calls "
+          f"per query ({summary['scorer']}), {summary['failed_slates']} failed slates, "
+          f"{summary['quarantined']} queries quarantined")
+    print(f"Run: {summary['dataset']} ({summary['rows']} rows){'' if summary['published'] else ' (unchanged)'}")
+    if summary["trec_out"]:
+        print(f"TREC run file: {summary['trec_out']}")
+    return 0
+
+
+def _cut(s: str, width: int) -> str:
+    s = " ".join((s or "").split())
+    width = max(width, 20)
+    return s if len(s) <= width else s[: width - 1] + "…"
+
+
+def register(subparsers) -> None:
+    from flows.cli import add_catalog_args
+
+    p = subparsers.add_parser("search", help="search a semantic tree (LATTICE) and print the ranking with paths")
+    p.add_argument("query")
+    p.add_argument("--tree", help="tree name (default: the config's tree.name, else 'default')")
+    p.add_argument("--k", type=int, default=10, help="documents to print")
+    p.add_argument("--scorer", choices=["embedding", "llm"], help="default: the config's tree.search.scorer")
+    p.add_argument("--beam", type=int, help="B, default from config (2)")
+    p.add_argument("--iterations", type=int, help="N, default from config (20)")
+    p.add_argument("--width", type=int, default=110, help="characters per printed line")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    add_catalog_args(p)
+    p.set_defaults(func=cmd_search)
+
+    t = subparsers.add_parser("tree", help="semantic trees: show, list, search over a query set")
+    sub = t.add_subparsers(dest="tree_command", required=True)
+    s = sub.add_parser("show", help="print the top of a tree")
+    s.add_argument("--tree")
+    s.add_argument("--depth", type=int, default=2)
+    s.add_argument("--breadth", type=int, default=10, help="children printed per node")
+    s.add_argument("--width", type=int, default=110)
+    add_catalog_args(s)
+    s.set_defaults(func=cmd_tree_show)
+    s = sub.add_parser("list", help="trees in the catalog")
+    add_catalog_args(s)
+    s.set_defaults(func=cmd_tree_list)
+    s = sub.add_parser("search", help="run the search flow over a query set; writes candidates/tree-NAME")
+    s.add_argument("--queries", help="TSV qid<TAB>text or JSONL; default: the catalog's passing queries")
+    s.add_argument("--tree")
+    s.add_argument("--k", type=int)
+    s.add_argument("--scorer", choices=["embedding", "llm"])
+    s.add_argument("--qids", nargs="+", help="only these query ids")
+    s.add_argument("--trec-out", help="also write a TREC run file here")
+    add_catalog_args(s)
+    s.set_defaults(func=cmd_tree_search)
+
