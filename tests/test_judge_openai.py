@@ -27,6 +27,7 @@ class JudgeServer:
 
     def __init__(self):
         self.requests: list[dict] = []
+        self.images = 0
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -61,7 +62,11 @@ class JudgeServer:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.requests.append(body)
-                text = body["messages"][-1]["content"]
+                content = body["messages"][-1]["content"]
+                if isinstance(content, list):  # a VLM request: image part + text part
+                    server.images += sum(1 for c in content if c["type"] == "image_url")
+                    content = next(c["text"] for c in content if c["type"] == "text")
+                text = content
                 query = text[text.index("<<<QUERY>>>"):text.index("<<<END QUERY>>>")]
                 if "DENY" in query:
                     return self._send(400, {"error": {"message": "content policy"}})
@@ -145,3 +150,16 @@ def test_parse_errors_publish_with_null_grades_and_stay_out_of_agreement(server,
     before = len(server.requests)
     again = J.run_judge_stage(store, pool, cfg, run_id=None, compute=J.in_process_compute(cfg))
     assert again["cache_hits"] == 3 and again["model_calls"] == 0 and len(server.requests) == before
+
+
+def test_pixels_reach_a_vlm_judge_as_data_urls(server, tmp_path):
+    from PIL import Image
+
+    img = tmp_path / "cat.png"
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(img)
+    t = pairs(["LOGPROBS[3] a red square", "LOGPROBS[1] text only"])
+    t = t.set_column(t.schema.get_field_index("image_path"), "image_path", pa.array([str(img), None]))
+    out = J.Judge(cfg_for(server, images="pixels"))(t).to_pylist()
+    assert [r["grade"] for r in out] == [3, 1] and server.images == 1
+    vlm = [r["messages"][-1]["content"] for r in server.requests if isinstance(r["messages"][-1]["content"], list)]
+    assert len(vlm) == 1 and vlm[0][0]["image_url"]["url"].startswith("data:image/png;base64,")
