@@ -162,4 +162,4 @@ def test_pixels_reach_a_vlm_judge_as_data_urls(server, tmp_path):
     out = J.Judge(cfg_for(server, images="pixels"))(t).to_pylist()
     assert [r["grade"] for r in out] == [3, 1] and server.images == 1
     vlm = [r["messages"][-1]["content"] for r in server.requests if isinstance(r["messages"][-1]["content"], list)]
-    assert len(vlm) == 1 and vlm[0][0]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert len(vlm) == 1 and vlm[0][0]["image_url"]["url"].startswith("data:image/jpeg;base64,")  # RGB photos go as JPEG
