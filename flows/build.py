@@ -21,6 +21,7 @@ from tasks.queries import queries_task
 from tasks.runtime.context import RunContext
 from tasks.runtime.ids import canonical_json, fingerprint
 from tasks.runtime.ray_session import ray_session
+from tasks.tree.stage import tree_task
 
 
 def _configured(task, cfg: BuildConfig):
@@ -38,6 +39,8 @@ def run_stages(ctx: RunContext) -> dict:
         refs.update(_configured(embed_image_task, cfg)(ctx, refs["documents"]))
     refs.update(_configured(queries_task, cfg)(ctx, refs["documents"], refs.get("captions"),
                                                refs.get("embeddings/text")))
+    if cfg.tree.enabled:
+        refs.update(_configured(tree_task, cfg)(ctx, refs["documents"], refs["embeddings/text"], refs.get("captions")))
     return refs
 
 
