@@ -98,3 +98,30 @@ def llmjudge_tree(mode: str = "bottom_up", max_branching: int = 10):
     build = build_bottom_up if mode == "bottom_up" else build_top_down
     return build("llmjudge", ids, texts, vectors, ExtractiveSummarizer(TermStats.of(texts)), minilm().embed,
                  BuildParams(max_branching=max_branching), space=minilm().name)
+
+
+def hex_id(doc: str) -> str:
+    """A test document id in the contract's form (32 hex digits)."""
+    from tasks.runtime.ids import record_id
+
+    return record_id("test-doc", doc)
+
+
+def corpus_tables(ids, texts, vectors, space: str, sources=None):
+    """`documents` and `embeddings/text` tables for the given passages (ids mapped by `hex_id`)."""
+    import pyarrow as pa
+
+    from schemas.tables import DOCUMENTS, embeddings_schema
+    from tasks.runtime.ids import text_sha256
+
+    n = len(ids)
+    ids = [hex_id(d) for d in ids]
+    docs = pa.Table.from_pylist([{"doc_id": d, "source_id": (sources[i] if sources else None), "modality": "text",
+                                  "text": t, "source": "test", "meta": None} for i, (d, t) in enumerate(zip(ids, texts))],
+                                schema=DOCUMENTS)
+    vectors = np.ascontiguousarray(vectors, np.float32)
+    emb = pa.table({"item_id": list(ids), "item_kind": ["document"] * n, "doc_id": list(ids),
+                    "content_sha256": [text_sha256(t) for t in texts], "space": [space] * n,
+                    "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1])},
+                   schema=embeddings_schema(vectors.shape[1]))
+    return docs, emb

@@ -1,0 +1,131 @@
+"""The tree stage against a real catalog, its incremental refresh, the search flow and the CLI."""
+from __future__ import annotations
+
+import pytest
+
+from schemas.config import config_from_dict
+from tasks.runtime.context import RunContext
+from tasks.runtime.publish import publish, read
+from tasks.tree.model import check_invariants
+from tasks.tree.stage import load_tree, tree_task
+from tests.test_tree_data import corpus_tables, hex_id, llmjudge_slice
+
+N = 200
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, minilm):
+    """A catalog holding the LLMJudge slice's first N passages and their MiniLM vectors."""
+    work = tmp_path_factory.mktemp("tree-stage")
+    cfg = config_from_dict({"name": "treetest", "corpus": {"root": str(work), "sources": [{"kind": "manifest", "path": "x"}]},
+                            "workdir": str(work), "tree": {"max_branching": 8}})
+    ctx = RunContext.open(cfg)
+    ids, texts, vecs, queries, qrels = llmjudge_slice()
+    return ctx, (ids, texts, vecs, minilm.name), queries
+
+
+def _publish_corpus(ctx, ids, texts, vecs, space):
+    docs, emb = corpus_tables(ids, texts, vecs, space)
+    d = publish(ctx.catalog, ctx.root, "documents", docs).dataset
+    e = publish(ctx.catalog, ctx.root, "embeddings/text", emb, parents=[d]).dataset
+    return d, e
+
+
+def _run_stage(ctx, d, e):
+    ctx.run_id = ctx.catalog.start_run("build", "treetest", "fp", "{}")
+    refs = tree_task.fn(ctx, d, e)
+    ctx.catalog.finish_run(ctx.run_id, "completed")
+    row = ctx.catalog.query("SELECT * FROM stage_runs WHERE run_id = ? AND stage = 'tree'", [ctx.run_id]).to_pylist()[0]
+    return refs, row
+
+
+def test_stage_builds_publishes_and_refreshes_incrementally(store):
+    ctx, (ids, texts, vecs, space), _ = store
+    d, e = _publish_corpus(ctx, ids[:N], texts[:N], vecs[:N], space)
+    refs, row = _run_stage(ctx, d, e)
+    nodes_ref = refs["tree_nodes/default"]
+    assert row["status"] == "completed" and row["rows_in"] == row["rows_out"] == N
+    lineage = {(r["parent_name"], r["parent_version"]) for r in ctx.catalog.lineage(nodes_ref.name).to_pylist()}
+    assert ("documents", d.version) in lineage and ("embeddings/text", e.version) in lineage
+    nodes = read(ctx.catalog, ctx.root, "tree_nodes/default")
+    assert set(nodes["space"].to_pylist()) == {space}
+    loaded = load_tree(ctx.catalog, ctx.root, "default")
+    assert check_invariants(loaded.tree, [hex_id(i) for i in ids[:N]]) == []
+
+    # unchanged inputs: no new version
+    refs2, row2 = _run_stage(ctx, d, e)
+    assert refs2["tree_nodes/default"].version == nodes_ref.version
+
+    # three documents leave, four arrive: insert and delete, not a rebuild
+    keep = ids[3:N + 4]
+    d3, e3 = _publish_corpus(ctx, keep, texts[3:N + 4], vecs[3:N + 4], space)
+    refs3, row3 = _run_stage(ctx, d3, e3)
+    assert refs3["tree_nodes/default"].version == nodes_ref.version + 1
+    assert row3["cache_hits"] == N - 3  # leaves carried over from the previous tree
+    tree = load_tree(ctx.catalog, ctx.root, "default").tree
+    assert check_invariants(tree, [hex_id(i) for i in keep]) == []
+    before = {r["node_id"]: r["summary"] for r in nodes.to_pylist() if not r["is_leaf"]}
+    after = {r["node_id"]: r["summary"] for r in read(ctx.catalog, ctx.root, "tree_nodes/default").to_pylist()
+             if not r["is_leaf"]}
+    changed = [n for n in before if n in after and before[n] != after[n]]
+    assert 0 < len(changed) <= 7 * (tree.height() + 2)  # only the touched paths were re-summarized
+    assert len(set(before) & set(after)) >= 0.8 * len(before)
+
+
+def test_image_documents_without_text_are_quarantined_with_a_reason(store):
+    import pyarrow as pa
+
+    from tasks.tree.stage import run_tree
+
+    ctx, (ids, texts, vecs, space), _ = store
+    docs, emb = corpus_tables(ids[:30], texts[:30], vecs[:30], space)
+    rows = docs.to_pylist()
+    rows[0].update(modality="image", text=None, image_uri="a.jpg")
+    docs = pa.Table.from_pylist(rows, schema=docs.schema)
+    out = run_tree(config_from_dict({"corpus": {"root": ".", "sources": [{"kind": "manifest", "path": "x"}]},
+                                     "tree": {"node_vectors": "centroid"}}).tree, docs, emb)
+    assert out.rows_in == 30 and out.rows_out == 29 and out.rows_quarantined == 1
+    assert "no text vector" in out.quarantine["reason"][0].as_py()
+
+
+def test_search_flow_writes_a_trec_run_into_the_catalog(store, prefect_harness, tmp_path):
+    from flows.search import search_flow
+
+    ctx, (ids, texts, vecs, space), queries = store
+    if ctx.catalog.current("tree_nodes/default") is None:
+        d, e = _publish_corpus(ctx, ids[:N], texts[:N], vecs[:N], space)
+        _run_stage(ctx, d, e)
+    qfile = tmp_path / "queries.tsv"
+    chosen = sorted(queries)[:4]
+    qfile.write_text("".join(f"{q}\t{queries[q]}\n" for q in chosen) + "qempty\t \n")
+    trec = tmp_path / "run.txt"
+    summary = search_flow(catalog=ctx.config.catalog_path, queries_file=str(qfile), k=20, trec_out=str(trec))
+    assert summary["queries"] == 4 and summary["quarantined"] == 1
+    assert summary["calls_per_query"] <= 39
+    run = read(ctx.catalog, ctx.root, "candidates/tree-default")
+    assert set(run["query_id"].to_pylist()) == set(chosen)
+    assert run.num_rows == 4 * 20
+    assert all(r.startswith("tree:default:embedding") for r in run["retriever"].to_pylist())
+    lines = trec.read_text().splitlines()
+    assert len(lines) == 80 and lines[0].split()[1] == "Q0" and lines[0].split()[3] == "1"
+    parents = ctx.catalog.lineage("candidates/tree-default").to_pylist()
+    assert any(p["parent_name"] == "tree_nodes/default" for p in parents)
+    runs = ctx.catalog.query("SELECT status FROM runs WHERE flow = 'search'")["status"].to_pylist()
+    assert runs == ["completed"]
+
+
+def test_cli_search_prints_ranking_with_paths(store, capsys):
+    from flows.cli import main
+
+    ctx, (ids, texts, vecs, space), queries = store
+    if ctx.catalog.current("tree_nodes/default") is None:
+        d, e = _publish_corpus(ctx, ids[:N], texts[:N], vecs[:N], space)
+        _run_stage(ctx, d, e)
+    assert main(["search", "how does a bounty hunter make money", "--catalog", ctx.config.catalog_path,
+                 "--k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "scorer calls" in out and "  1. " in out and "  3. " in out and "└ " in out
+    assert main(["tree", "show", "--catalog", ctx.config.catalog_path, "--depth", "1"]) == 0
+    assert "documents" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no tree named 'nope'"):
+        main(["search", "q", "--catalog", ctx.config.catalog_path, "--tree", "nope"])
