@@ -92,16 +92,14 @@ def plan_index(n: int, dim: int, cfg: IndexConfig) -> IndexPlan:
         return IndexPlan("ivf_flat", f"IVF{nlist},Flat", {"nlist": nlist, "nprobe": min(cfg.ivf_nprobe, nlist)},
                          ivf / 2**20)
     bits = max(1, min(cfg.pq_bits, int(math.log2(max(n, 2)))))  # k-means needs >= 2^bits points
-    divisors = [m for m in range(1, dim + 1) if dim % m == 0]
+    # sub-vectors of >= 8 dimensions: finer codes train slowly and add little recall
+    divisors = [m for m in range(1, max(1, dim // 8) + 1) if dim % m == 0]
     fixed = nlist * dim * 4 + dim * (2**bits) * 4
     fitting = [m for m in divisors if n * (m * bits / 8 + 8) + fixed <= budget]
     if not fitting:
         log.warning("even PQ1 exceeds the %s MB index budget for %d vectors; using the smallest code",
                     cfg.memory_budget_mb, n)
     m = max(fitting) if fitting else 1
-    m = min(m, 64 if dim >= 64 else m)  # beyond 64 bytes a code buys little recall; keep the index small
-    while dim % m:
-        m -= 1
     est = n * (m * bits / 8 + 8) + fixed
     return IndexPlan("ivf_pq", f"IVF{nlist},PQ{m}x{bits}",
                      {"nlist": nlist, "nprobe": min(cfg.ivf_nprobe, nlist), "pq_m": m, "pq_bits": bits},
@@ -485,6 +483,19 @@ class IndexStore:
         row = self.current(BM25_NAME)
         return LexicalIndex.load(self.root, row["path"]) if row else None
 
+    def repoint(self, name: str, source_name: str, source_version: int) -> None:
+        """The current index already matches a newer dataset version with the same content."""
+        with self.catalog.connect() as con:
+            con.execute("UPDATE indexes SET source_name = ?, source_version = ? WHERE name = ? AND is_current",
+                        [source_name, source_version, name])
+
+    def items_of(self, name: str, version: int) -> pa.Table | None:
+        """The id map of an earlier index version (what it held), or None when it is gone."""
+        rows = self.catalog.query("SELECT path FROM indexes WHERE name = ? AND version = ?", [name, version]).to_pylist()
+        if not rows or not self.root.exists(posixpath.join(rows[0]["path"], "items.parquet")):
+            return None
+        return self.root.read(posixpath.join(rows[0]["path"], "items.parquet"))
+
     def publish(self, obj: VectorIndex | LexicalIndex, action: str, *, source_name: str | None = None,
                 source_version: int | None = None, run_id: str | None = None) -> int:
         lexical = isinstance(obj, LexicalIndex)
@@ -520,3 +531,125 @@ def _write_json(root: DataRoot, path: str, obj: dict) -> None:
 def _read_json(root: DataRoot, path: str) -> dict:
     with root.fs.open_input_stream(path) as f:
         return json.loads(f.read().decode())
+
+
+# ---- the stage -----------------------------------------------------------------------------------
+def run_index(ctx, embeddings: list, documents=None, captions=None, logger=None) -> dict:
+    """Bring every space's FAISS index and the BM25 index up to date with the current datasets.
+
+    `embeddings` are refs of `embeddings/<name>` datasets; each gets index `<name>`. An index
+    already built from the same dataset version is left alone without loading it.
+    """
+    from tasks.runtime.accounting import StageOutput
+    from tasks.runtime.context import stage_clock
+    from tasks.runtime.ids import fingerprint
+
+    logger = logger or log
+    started_at, t0 = stage_clock()
+    cfg: IndexConfig = ctx.config.index
+    store = IndexStore(ctx.catalog, ctx.root)
+    summary: dict[str, dict] = {}
+    total = 0
+    for ref in embeddings:
+        name = ref.name.split("/", 1)[1]
+        cur = store.current(name)
+        if cur and cur["source_name"] == ref.name and cur["source_version"] == ref.version:
+            summary[name] = {"action": "unchanged", "version": cur["version"], "type": cur["index_type"],
+                             "count": cur["count"]}
+            total += cur["count"]
+            continue
+        table = ctx.read(ref.name, ref.version)
+        encoder = ctx.config.embed.text.model_dump(mode="json") if name == "text" else None
+        source = {"dataset": ref.name, "version": ref.version, "encoder": encoder}
+        res = refresh_vector_index(name, table, store.load_vector(name) if cur else None, cfg, source)
+        total += res.index.count
+        if res.action == "unchanged":
+            store.repoint(name, ref.name, ref.version)
+            version = cur["version"]
+        else:
+            version = store.publish(res.index, res.action, source_name=ref.name, source_version=ref.version,
+                                    run_id=ctx.run_id)
+        summary[name] = {"action": res.action, "version": version, "type": res.index.type,
+                         "count": res.index.count, "added": res.added, "reason": res.reason}
+        logger.info("index %s: %s (%s, %d vectors%s)", name, res.action, res.index.type, res.index.count,
+                    f"; {res.reason}" if res.reason else "")
+    if cfg.bm25 and documents is not None:
+        texts = lexical_texts(ctx.read(documents.name, documents.version),
+                              ctx.read(captions.name, captions.version) if captions is not None else None)
+        cur = store.current(BM25_NAME)
+        digest = texts_hash(texts)
+        if cur and json.loads(cur["manifest"]).get("content_hash") == digest:
+            summary[BM25_NAME] = {"action": "unchanged", "version": cur["version"], "count": cur["count"]}
+        else:
+            lex = LexicalIndex.build(texts, cfg, {"dataset": documents.name, "version": documents.version,
+                                                  "captions": captions.version if captions is not None else None})
+            version = store.publish(lex, "built", source_name=documents.name, source_version=documents.version,
+                                    run_id=ctx.run_id)
+            summary[BM25_NAME] = {"action": "built", "version": version, "count": len(lex.docs)}
+            logger.info("index bm25: built over %d documents", len(lex.docs))
+    out = StageOutput(STAGE, {}, rows_in=total, rows_out=total, notes=summary)
+    if ctx.run_id is not None:
+        ctx.record(out, parents=[], fingerprint=fingerprint(cfg), started_at=started_at, started=t0, logger=logger)
+    return summary
+
+
+# ---- search --------------------------------------------------------------------------------------
+def search(store: IndexStore, text: str, k: int = 10, retriever: str = "dense", index: str = "text",
+           embedder=None) -> pa.Table:
+    """Top-k documents for a text query: rank, doc_id, score, retriever.
+
+    The query is embedded with the encoder recorded in the index manifest (or `embedder`), and
+    refused when that encoder's space differs from the index's.
+    """
+    rows: list[dict] = []
+    if retriever in ("dense", "both"):
+        vi = store.load_vector(index)
+        if vi is None:
+            raise LookupError(f"no vector index '{index}' in the catalog: run `corpusforge build` (the index stage) first")
+        emb = embedder or _embedder_for(vi)
+        if getattr(emb, "name", vi.manifest.get("space")) != vi.manifest.get("space"):
+            raise ValueError(f"encoder space {emb.name} differs from index space {vi.manifest.get('space')}")
+        s, d = vi.search_docs(emb.embed([text]), k)
+        rows += [{"doc_id": vi.docs[j], "score": float(x), "retriever": "dense"} for x, j in zip(s[0], d[0]) if j >= 0]
+    if retriever in ("bm25", "both"):
+        lex = store.load_lexical()
+        if lex is None:
+            raise LookupError("no BM25 index in the catalog: enable index.bm25 and run `corpusforge build`")
+        s, d = lex.search([text], k)
+        rows += [{"doc_id": lex.docs[j], "score": float(x), "retriever": "bm25"} for x, j in zip(s[0], d[0]) if j >= 0]
+    if retriever == "both":  # fuse the two lists by reciprocal rank (scores are not comparable)
+        fused: dict[str, float] = {}
+        for kind in ("dense", "bm25"):
+            for r, row in enumerate(x for x in rows if x["retriever"] == kind):
+                fused[row["doc_id"]] = fused.get(row["doc_id"], 0.0) + 1.0 / (60 + r + 1)
+        rows = [{"doc_id": d, "score": s, "retriever": "rrf"} for d, s in sorted(fused.items(), key=lambda x: -x[1])][:k]
+    return pa.table({"rank": pa.array(range(1, len(rows) + 1), pa.int32()),
+                     "doc_id": pa.array([r["doc_id"] for r in rows], pa.string()),
+                     "score": pa.array([r["score"] for r in rows], pa.float32()),
+                     "retriever": pa.array([r["retriever"] for r in rows], pa.string())})
+
+
+def _embedder_for(vi: VectorIndex):
+    from schemas.config import TextEncoder
+    from tasks.backends.embedders import local_text_embedder
+
+    encoder = (vi.manifest.get("source") or {}).get("encoder")
+    if not encoder:
+        raise ValueError(f"index '{vi.name}' records no text encoder; pass --config so the query can be embedded")
+    return local_text_embedder(TextEncoder.model_validate(encoder).model_dump_json())
+
+
+# ---- Prefect task --------------------------------------------------------------------------------
+def _stage_task():
+    from tasks.runtime.prefect_support import run_logger, stage_task
+
+    @stage_task(STAGE)
+    def index_task(ctx, refs: dict) -> dict:
+        """FAISS index per embedding space and the BM25 index, refreshed incrementally."""
+        embeddings = [ref for name, ref in sorted(refs.items()) if name.startswith("embeddings/")]
+        return run_index(ctx, embeddings, refs.get("documents"), refs.get("captions"), logger=run_logger())
+
+    return index_task
+
+
+index_task = _stage_task()

@@ -501,3 +501,313 @@ def _emit(acc: _Acc, b: Batch, sel: Selection, qids, texts, pos_ids, pos_pos, po
             acc.neg["retriever"] += [RETRIEVER_LABEL[int(r)] for r in c.retriever[i, cols]]
             acc.neg["policy"] += policies
             acc.neg["query_text"] += [texts[i]] * n
+
+
+# ---- inputs from the catalog or from files -------------------------------------------------------
+def resolve_doc_ids(doc_ids: list[str], documents: pa.Table) -> list[str | None]:
+    """Our doc ids for ids that are either ours or a source's own ids (documents.source_id)."""
+    ours = set(documents["doc_id"].to_pylist())
+    by_source: dict[str, str] = {}
+    if "source_id" in documents.column_names:
+        for d, s in zip(documents["doc_id"].to_pylist(), documents["source_id"].to_pylist()):
+            if s is not None:
+                by_source.setdefault(s, d)
+    return [d if d in ours else by_source.get(d) for d in doc_ids]
+
+
+def read_topics(path: str) -> pa.Table:
+    """Imported queries: `qid<TAB>text` per line (the TREC/LLMJudge topic format)."""
+    qids, texts = [], []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.rstrip("\n").split("\t", 1)
+            if len(parts) != 2 or not parts[1].strip():
+                raise ValueError(f"{path}:{n}: expected `qid<TAB>text`, got {line.strip()[:80]!r}")
+            qids.append(parts[0].strip())
+            texts.append(parts[1].strip())
+    return pa.table({"query_id": qids, "text": texts})
+
+
+@dataclass
+class MiningInputs:
+    queries: pa.Table  # query_id, text[, target_modality]
+    positives: pa.Table  # query_id, doc_id
+    parents: list  # dataset refs the negatives derive from
+    bad_positives: Quarantine
+    positive_rows_in: int = 0
+
+
+def load_inputs(ctx, cfg: NegativesConfig, documents: pa.Table) -> MiningInputs | None:
+    """Queries and positives: imported files when configured, else the pipeline's queries
+    (each positive for its source document) plus judged documents of `positive_judges`."""
+    bad = Quarantine(STAGE)
+    parents = [ctx.current("documents")]
+    if cfg.queries_file:
+        queries = read_topics(ctx.config.resolve(cfg.queries_file))
+        pairs: list[tuple[str, str]] = []
+        if cfg.qrels_file:
+            from tasks.judgments.trec_io import read_qrels
+
+            parsed = read_qrels(ctx.config.resolve(cfg.qrels_file), stage=STAGE)
+            bad.rows.extend(parsed.quarantine.rows)
+            t = parsed.table.filter(pc.greater_equal(parsed.table["relevance"], cfg.positive_grade))
+            pairs = list(zip(t["query_id"].to_pylist(), t["doc_id"].to_pylist()))
+    else:
+        ref = ctx.current("queries")
+        if ref is None:
+            return None
+        parents.append(ref)
+        q = ctx.read("queries")
+        q = q.filter(pc.equal(q["passed"], True))
+        queries = q.select(["query_id", "text", "target_modality"])
+        pairs = list(zip(q["query_id"].to_pylist(), q["doc_id"].to_pylist()))
+    if cfg.positive_judges and ctx.current("judgments") is not None:
+        j = ctx.read("judgments")
+        j = j.filter(pc.and_(pc.is_in(j["judge"], value_set=pa.array(cfg.positive_judges, pa.string())),
+                             pc.greater_equal(pc.fill_null(j["grade"], -1), cfg.positive_grade)))
+        pairs += list(zip(j["query_id"].to_pylist(), j["doc_id"].to_pylist()))
+        parents.append(ctx.current("judgments"))
+    resolved = resolve_doc_ids([d for _, d in pairs], documents)
+    keep_q, keep_d = [], []
+    for (q, d), r in zip(pairs, resolved):
+        if r is None:
+            bad.add(f"{q}:{d}", "positive document is not in the corpus (neither a doc_id nor a source_id)")
+        else:
+            keep_q.append(q)
+            keep_d.append(r)
+    return MiningInputs(queries, pa.table({"query_id": pa.array(keep_q, pa.string()),
+                                           "doc_id": pa.array(keep_d, pa.string())}),
+                        [p for p in parents if p is not None], bad, len(pairs))
+
+
+def query_vectors(ctx, texts: list[str], space: str) -> tuple[np.ndarray, int, int]:
+    """Query vectors in the index's space, from the work cache or the text encoder in-process.
+    Returns (vectors, model calls, cache hits)."""
+    from tasks.backends.embedders import local_text_embedder, text_space
+    from tasks.embed import text_fingerprint
+    from tasks.runtime.cache import KEY, WorkCache
+    from tasks.runtime.ids import cache_key, text_sha256
+
+    enc = ctx.config.embed.text
+    if text_space(enc) != space:
+        raise ValueError(f"the index is in space {space} but embed.text encodes into {text_space(enc)}; "
+                         "mine with negatives.index set to an index of the configured text encoder")
+    fp = text_fingerprint(enc)
+    cache = WorkCache(ctx.root, "embed_query", fp)
+    keys = [cache_key(text_sha256(t), fp) for t in texts]
+    cached, missing = cache.lookup(list(dict.fromkeys(keys)))
+    calls = 0
+    if missing:
+        todo = {k: t for k, t in zip(keys, texts) if k in missing}
+        vecs = local_text_embedder(enc.model_dump_json()).embed(list(todo.values()))
+        cache.append(pa.table({KEY: list(todo), "vector": pa.FixedSizeListArray.from_arrays(
+            pa.array(vecs.ravel()), vecs.shape[1])}))
+        calls = len(todo)
+        cached, _ = cache.lookup(list(dict.fromkeys(keys)))
+    pos = {k: i for i, k in enumerate(cached[KEY].to_pylist())}
+    from tasks.index import vectors_of
+
+    table_vecs = vectors_of(cached)
+    return table_vecs[[pos[k] for k in keys]], calls, len(set(keys)) - calls
+
+
+# ---- refresh: which queries need mining again ----------------------------------------------------
+def mining_fingerprint(cfg: NegativesConfig) -> str:
+    from tasks.runtime.ids import fingerprint
+
+    return fingerprint(cfg.model_dump(mode="json", exclude={"query_batch", "queries_file", "qrels_file"}))
+
+
+def affected_queries(prev_state: pa.Table, prev_candidates: pa.Table, state_now: dict[str, str],
+                     index: VectorIndex, prev_items: pa.Table, query_vectors_by_id: dict[str, np.ndarray],
+                     positives: dict[str, list[str]]) -> tuple[set[str], dict]:
+    """Queries whose negatives can differ from the previous run's.
+
+    A query is affected when it is new or its inputs changed (text, positives, judgments,
+    modality); when a document it retrieved or one of its positives lost or changed a vector; or
+    when a new vector scores at least its lowest retrieved score (its list was full) - otherwise
+    the new document cannot enter its top-k, and its negatives stay as they were.
+    """
+    prev_hash = dict(zip(prev_state["query_id"].to_pylist(), prev_state["input_hash"].to_pylist()))
+    cutoff = dict(zip(prev_state["query_id"].to_pylist(), prev_state["dense_cutoff"].to_pylist()))
+    changed = {q for q, h in state_now.items() if prev_hash.get(q) != h}
+
+    def keys(t: pa.Table) -> set:
+        return set(zip(t["item_kind"].to_pylist(), t["item_id"].to_pylist(), t["content_sha256"].to_pylist()))
+
+    now_keys, old_keys = keys(index.items), keys(prev_items)
+    added = now_keys - old_keys
+    removed = old_keys - now_keys
+    item_doc = dict(zip(zip(index.items["item_kind"].to_pylist(), index.items["item_id"].to_pylist(),
+                            index.items["content_sha256"].to_pylist()), index.items["doc_id"].to_pylist()))
+    old_doc = dict(zip(zip(prev_items["item_kind"].to_pylist(), prev_items["item_id"].to_pylist(),
+                           prev_items["content_sha256"].to_pylist()), prev_items["doc_id"].to_pylist()))
+    touched_docs = {item_doc[k] for k in added} | {old_doc[k] for k in removed}
+    lost_docs = {old_doc[k] for k in removed}
+    by_lost = set()
+    if lost_docs:
+        hit = pc.is_in(prev_candidates["doc_id"], value_set=pa.array(sorted(lost_docs), pa.string()))
+        by_lost = set(prev_candidates.filter(hit)["query_id"].to_pylist())
+    by_positive = {q for q, docs in positives.items() if touched_docs.intersection(docs)}
+    by_score: set[str] = set()
+    if added:
+        rows = [i for i, k in enumerate(zip(index.items["item_kind"].to_pylist(), index.items["item_id"].to_pylist(),
+                                            index.items["content_sha256"].to_pylist())) if k in added]
+        new_vecs = index.index.reconstruct_batch(np.array(rows, np.int64))
+        qids = [q for q in state_now if q not in changed]
+        for start in range(0, len(qids), 4096):
+            chunk = qids[start:start + 4096]
+            best = (np.stack([query_vectors_by_id[q] for q in chunk]) @ new_vecs.T).max(axis=1)
+            by_score |= {q for q, b in zip(chunk, best) if b >= cutoff.get(q, float("-inf"))}
+    affected = changed | by_lost | by_positive | by_score
+    return affected, {"new_or_changed_queries": len(changed), "by_removed_documents": len(by_lost),
+                      "by_changed_positives": len(by_positive), "by_new_documents": len(by_score),
+                      "vectors_added": len(added), "vectors_removed": len(removed)}
+
+
+# ---- the stage -----------------------------------------------------------------------------------
+def run_mining(ctx, logger=None) -> dict:
+    """Mine negatives for the current queries against the current index, re-mining only the
+    queries a refresh can have changed, and publish `negatives` and `candidates/mining`."""
+    from tasks.index import IndexStore
+    from tasks.runtime.accounting import StageOutput
+    from tasks.runtime.context import stage_clock
+
+    logger = logger or log
+    started_at, t0 = stage_clock()
+    cfg = ctx.config.negatives
+    if not cfg.enabled:
+        return {"skipped": "negatives.enabled is false"}
+    store = IndexStore(ctx.catalog, ctx.root)
+    idx_row = store.current(cfg.index)
+    if idx_row is None:
+        raise LookupError(f"no vector index '{cfg.index}': run the index stage first (it follows embed in "
+                          "`corpusforge build`), or set negatives.index to an existing one")
+    documents = ctx.read("documents")
+    inputs = load_inputs(ctx, cfg, documents)
+    if inputs is None:
+        logger.info("negatives: no queries yet (no `queries` dataset and no negatives.queries_file); skipped")
+        return {"skipped": "no queries"}
+    index = store.load_vector(cfg.index)
+    lexical = store.load_lexical() if cfg.source != "dense" else None
+    judgments = None
+    if cfg.judge_filter.enabled and ctx.current("judgments") is not None:
+        judgments = ctx.read("judgments")
+        judgments = judgments.set_column(judgments.schema.get_field_index("doc_id"), "doc_id", pa.array(
+            [r or d for r, d in zip(resolve_doc_ids(judgments["doc_id"].to_pylist(), documents),
+                                    judgments["doc_id"].to_pylist())], pa.string()))
+        inputs.parents.append(ctx.current("judgments"))
+    qids = inputs.queries["query_id"].to_pylist()
+    vecs, calls, hits = query_vectors(ctx, inputs.queries["text"].to_pylist(), index.manifest["space"])
+    pos_map = positives_by_query(inputs.positives)
+    max_pos = max((len(v) for v in pos_map.values()), default=1)
+    plan = plan_mining(cfg, max_pos)
+    fp = mining_fingerprint(cfg)
+
+    # what each query's negatives depend on, to compare with the previous run
+    doc_modality = dict(zip(documents["doc_id"].to_pylist(), documents["modality"].to_pylist()))
+    expected = expected_modalities(inputs.queries, pos_map, doc_modality) if cfg.modality.enabled else {}
+    judged = judge_lookup(judgments, cfg.judge_filter.judges) if judgments is not None else {}
+    judged_by_query: dict[str, list] = {}
+    for (q, d), v in judged.items():
+        judged_by_query.setdefault(q, []).append((d, *v))
+    texts = dict(zip(qids, inputs.queries["text"].to_pylist()))
+    state_now = {q: query_state_hash(q, texts[q], pos_map.get(q, []), judged_by_query.get(q, []), expected.get(q))
+                 for q in qids if pos_map.get(q)}
+
+    previous = _previous_run(ctx, store, fp, plan, cfg)
+    mode, report_refresh = "full", {}
+    todo = qids
+    if previous is not None:
+        prev_neg, prev_cand, prev_state, prev_items = previous
+        affected, report_refresh = affected_queries(prev_state, prev_cand, state_now, index, prev_items,
+                                                    dict(zip(qids, vecs)), pos_map)
+        todo = [q for q in qids if q in affected or q not in state_now]
+        mode = "incremental"
+    rows = [i for i, q in enumerate(qids) if q in set(todo)]
+    sub_q = inputs.queries.take(pa.array(rows, pa.int64())) if rows else inputs.queries.slice(0, 0)
+    res = mine(sub_q, vecs[rows] if rows else np.zeros((0, index.dim), np.float32), inputs.positives, index, cfg,
+               lexical=lexical, judgments=judgments, documents=documents, max_positives=max_pos)
+    negatives, candidates, state = res.negatives, res.candidates, res.state
+    if previous is not None:
+        keep = pa.array(sorted(set(state_now) - set(todo)), pa.string())
+        negatives = pa.concat_tables([prev_neg.filter(pc.is_in(prev_neg["query_id"], value_set=keep)), negatives])
+        candidates = pa.concat_tables([prev_cand.filter(pc.is_in(prev_cand["query_id"], value_set=keep)), candidates])
+        state = pa.concat_tables([prev_state.filter(pc.is_in(prev_state["query_id"], value_set=keep)), state])
+
+    quarantine = Quarantine(STAGE)
+    quarantine.rows = inputs.bad_positives.rows + res.quarantine.rows
+    rows_out = state.num_rows
+    rows_in = rows_out + len(quarantine)
+    report = res.report | {"mode": mode, "queries_total": len(qids), "queries_remined": len(todo),
+                           "queries_reused": len(qids) - len(todo), "refresh": report_refresh,
+                           "index": f"{cfg.index}@v{idx_row['version']}", "model_calls": calls}
+    out = StageOutput(STAGE, {"negatives": negatives, CANDIDATES_DATASET: candidates}, rows_in=rows_in,
+                      rows_out=rows_out, quarantine=quarantine.table(), model_calls=calls, cache_hits=hits,
+                      notes=report)
+    index_parent = ctx.current(f"embeddings/{cfg.index}")
+    parents = inputs.parents + ([index_parent] if index_parent else [])
+    results = ctx.record(out, parents=parents, fingerprint=fp, started_at=started_at, started=t0, logger=logger)
+    neg_ds = results["negatives"].dataset
+    _save_state(ctx, neg_ds.content_hash, state, {"fingerprint": fp, "plan": plan.__dict__,
+                                                  "index": cfg.index, "index_version": idx_row["version"],
+                                                  "lexical_version": (store.current("bm25") or {}).get("version"),
+                                                  "candidates_hash": results[CANDIDATES_DATASET].dataset.content_hash})
+    logger.info("negatives: %s mining of %d/%d queries, %d rows; %d queries short of %d negatives",
+                mode, len(todo), len(qids), negatives.num_rows, res.report["queries_short"], plan.num_negatives)
+    return report | {"negatives": neg_ds.ref, "rows": negatives.num_rows}
+
+
+def _state_path(ctx, content_hash: str) -> str:
+    return ctx.root.path("_state", STAGE, f"{content_hash}")
+
+
+def _save_state(ctx, content_hash: str, state: pa.Table, manifest: dict) -> None:
+    import json as _json
+
+    base = _state_path(ctx, content_hash)
+    ctx.root.write(state, base + ".parquet")
+    with ctx.root.fs.open_output_stream(base + ".json") as f:
+        f.write(_json.dumps(manifest, default=str).encode())
+
+
+def _previous_run(ctx, store, fp: str, plan: MiningPlan, cfg: NegativesConfig):
+    """The previous negatives, candidates, per-query state and index id map, when they can be reused."""
+    import json as _json
+
+    cur = ctx.current("negatives")
+    cand_ref = ctx.current(CANDIDATES_DATASET)
+    if cur is None or cand_ref is None:
+        return None
+    base = _state_path(ctx, cur.content_hash)
+    if not ctx.root.exists(base + ".json"):
+        return None
+    with ctx.root.fs.open_input_stream(base + ".json") as f:
+        manifest = _json.loads(f.read().decode())
+    if (manifest["fingerprint"] != fp or manifest["plan"] != plan.__dict__ or manifest["index"] != cfg.index
+            or manifest.get("candidates_hash") != cand_ref.content_hash):
+        return None
+    if cfg.source != "dense" and manifest.get("lexical_version") != (store.current("bm25") or {}).get("version"):
+        return None  # BM25 statistics shift with every document: lexical lists are all re-retrieved
+    prev_items = store.items_of(cfg.index, manifest["index_version"])
+    if prev_items is None:
+        return None
+    return ctx.read("negatives"), ctx.read(CANDIDATES_DATASET), ctx.root.read(base + ".parquet"), prev_items
+
+
+# ---- Prefect task --------------------------------------------------------------------------------
+def _stage_task():
+    from tasks.runtime.prefect_support import run_logger, stage_task
+
+    @stage_task(STAGE)
+    def mine_task(ctx) -> dict:
+        """Hard negatives for the current queries (synthetic or imported), refreshed incrementally."""
+        report = run_mining(ctx, logger=run_logger())
+        return {k: v for k, v in report.items() if not isinstance(v, (list, dict))}
+
+    return mine_task
+
+
+mine_task = _stage_task()
