@@ -115,9 +115,11 @@ def cmd_tree_list(args) -> int:
 
 
 def cmd_tree_search(args) -> int:
+    from flows.cli import catalog_path
     from flows.search import search_flow
 
-    summary = search_flow(catalog=getattr(args, "catalog", None), config_path=getattr(args, "config", None),
+    catalog = args.catalog or (None if args.config else catalog_path(args))
+    summary = search_flow(catalog=catalog, config_path=args.config,
                           tree=args.tree, queries_file=args.queries, k=args.k, scorer=args.scorer,
                           qids=args.qids, trec_out=args.trec_out)
     print(f"Searched {summary['queries']} queries in {summary['tree']}: {summary['calls_per_query']:.1f} scorer calls "
