@@ -29,6 +29,13 @@ def make_config(tmp_path: Path, **overrides) -> Path:
     return path
 
 
+def distinct_texts(catalog: str) -> int:
+    """Texts the embed stage must embed: document texts and captions, identical texts once."""
+    return Catalog(catalog).query(
+        "SELECT count(DISTINCT text) AS n FROM (SELECT text FROM documents WHERE text IS NOT NULL "
+        "UNION ALL SELECT text FROM captions)").column("n")[0].as_py()
+
+
 def stage_rows(catalog: str, run_id: str) -> dict[str, dict]:
     rows = Catalog(catalog).query("SELECT * FROM stage_runs WHERE run_id = ?", [run_id]).to_pylist()
     return {r["stage"]: r for r in rows}
@@ -46,18 +53,21 @@ def first_build(prefect_harness, ray_local, tmp_path_factory):
 def test_build_publishes_counts_and_accounts_for_every_row(first_build):
     _, config, result = first_build
     assert result["datasets"]["documents"] == {"version": 1, "rows": 27}
-    assert result["datasets"]["embeddings/text"]["rows"] == 19
+    n_captions = result["datasets"]["captions"]["rows"]
+    assert n_captions == 16  # the COCO images carry alt-text; the manifest's image has none
+    assert result["datasets"]["embeddings/text"]["rows"] == 19 + n_captions
     stages = stage_rows(result["catalog"], result["run_id"])
     assert set(stages) >= {"ingest", "embed_text"}
     for s in stages.values():
         assert s["status"] == "completed"
         assert s["rows_in"] == s["rows_out"] + s["rows_quarantined"] + s["rows_deduplicated"]
-    assert stages["embed_text"]["model_calls"] == 19
+    assert stages["embed_text"]["model_calls"] == distinct_texts(result["catalog"])
     reasons = {q["reason"] for q in result["quarantine"]}
     assert "empty or whitespace-only text" in reasons
     cat = Catalog(result["catalog"])
     assert cat.query("SELECT status FROM runs").to_pylist() == [{"status": "completed"}]
-    assert cat.lineage("embeddings/text").to_pylist()[0]["parent_name"] == "documents"
+    parents = {r["parent_name"] for r in cat.lineage("embeddings/text").to_pylist() if r["depth"] == 1}
+    assert parents == {"documents", "captions"}
 
 
 def test_build_writes_prefect_artifacts(first_build):
@@ -87,7 +97,7 @@ def test_rerun_does_no_model_work_and_adding_documents_embeds_exactly_those(firs
     tmp, config, first = first_build
     again = build(config_path=str(config))
     stages = stage_rows(again["catalog"], again["run_id"])
-    assert stages["embed_text"]["model_calls"] == 0
+    assert {name: s["model_calls"] for name, s in stages.items() if s["model_calls"]} == {}  # no stage did model work
     assert again["datasets"] == first["datasets"]  # no new versions for unchanged content
 
     manifest = tmp / "corpus" / "documents.jsonl"
@@ -107,9 +117,11 @@ def test_changing_the_model_reruns_nothing_upstream(prefect_harness, ray_local, 
     switched = make_config(tmp_path, embed={"text": {"model": tiny_sentence_model}})
     second = build(config_path=str(switched))
     stages = stage_rows(second["catalog"], second["run_id"])
-    assert stages["embed_text"]["model_calls"] == 19
-    assert stages["ingest"]["model_calls"] == 0
-    assert second["datasets"]["documents"]["version"] == first["datasets"]["documents"]["version"]
+    assert stages["embed_text"]["model_calls"] == distinct_texts(second["catalog"])
+    assert "ingest" in stages and stages["ingest"]["model_calls"] == 0
+    for upstream in ("documents", "captions"):
+        assert second["datasets"][upstream]["version"] == first["datasets"][upstream]["version"]
+    assert stages["caption"]["model_calls"] == 0
     assert second["datasets"]["embeddings/text"]["version"] == 2
 
 
