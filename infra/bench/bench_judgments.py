@@ -10,7 +10,6 @@ BENCH agreement_sql: the full agreement table (kappa, alpha, binarized kappas, l
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
