@@ -2,6 +2,7 @@
 clamping, ensembles, the disagreement queue, export round trip and system-rank correlation."""
 from __future__ import annotations
 
+import json
 import time
 
 import ir_measures
@@ -138,7 +139,7 @@ def test_reimporting_a_judge_replaces_only_its_rows(store, tmp_path):
     assert out.read_text() == "q1 0 d1 0\nq1 0 d2 1\n"
 
 
-def test_system_rank_correlation_matches_direct_computation(store, tmp_path):
+def test_system_rank_correlation_matches_direct_computation(store, tmp_path, capsys):
     """Runs that rank by each of several noisy label sets; two qrels order those runs."""
     rng = np.random.default_rng(3)
     docs = [(f"q{q}", f"d{q}_{i}") for q in range(6) for i in range(20)]
@@ -170,3 +171,10 @@ def test_system_rank_correlation_matches_direct_computation(store, tmp_path):
     out = tmp_path / "sys0.txt"
     assert store.export_run("sys0", out) == len(docs)
     assert trec_io.read_run(out).table.num_rows == len(docs)
+
+    from flows.cli import main
+
+    assert main(["rank-correlation", "--catalog", store.catalog.path, "--reference", "truth",
+                 "--judges", "other", "--format", "json"]) == 0
+    cli = json.loads(capsys.readouterr().out)[0]
+    assert cli["kendall_tau"] == pytest.approx(got["kendall_tau"]) and cli["n_systems"] == 6
