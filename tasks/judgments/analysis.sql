@@ -46,10 +46,15 @@ SELECT judge, count(*) AS n_pairs, avg(grade) AS mean_grade, avg(ref_grade) AS r
        avg(grade) - avg(ref_grade) AS leniency
 FROM judgment_pairs(ref) GROUP BY ALL ORDER BY judge;
 
--- Cohen's kappa (unweighted) from the confusion matrix, on 4 classes and binarized at
--- 0|123 (cut 1), 01|23 (cut 2) and 012|3 (cut 3). NULL when chance agreement is 1.
-CREATE OR REPLACE MACRO judgment_kappa(ref) AS TABLE
-WITH cm AS (SELECT * FROM judgment_confusion(ref)),
+-- The agreement table, one row per judge against the reference, all from one confusion matrix:
+-- * Cohen's kappa (unweighted) on 4 classes and binarized at 0|123 (cut 1), 01|23 (cut 2) and
+--   012|3 (cut 3); NULL when chance agreement is 1;
+-- * Krippendorff's alpha, ordinal, two coders, from the coincidence matrix o_ck = n(c,k) + n(k,c)
+--   with margins n_c: delta2(c,k) = (sum_{g=c..k} n_g - (n_c + n_k)/2)^2 and
+--   alpha = 1 - (N - 1) * sum o_ck delta2 / sum n_c n_k delta2;
+-- * leniency = mean judge grade - mean reference grade; n_pairs.
+CREATE OR REPLACE MACRO judgment_agreement(ref) AS TABLE
+WITH cm AS MATERIALIZED (SELECT * FROM judgment_confusion(ref)),
 schemes(scheme, cut) AS (VALUES ('kappa', 0), ('kappa_0_123', 1), ('kappa_01_23', 2), ('kappa_012_3', 3)),
 lab AS (
     SELECT judge, scheme,
@@ -60,18 +65,17 @@ tot AS (SELECT judge, scheme, sum(n)::DOUBLE AS n, coalesce(sum(n) FILTER (WHERE
         FROM lab GROUP BY ALL),
 ma AS (SELECT judge, scheme, a AS c, sum(n) AS na FROM lab GROUP BY ALL),
 mb AS (SELECT judge, scheme, b AS c, sum(n) AS nb FROM lab GROUP BY ALL),
-pe AS (SELECT judge, scheme, sum(na * nb)::DOUBLE AS ee FROM ma JOIN mb USING (judge, scheme, c) GROUP BY ALL)
-SELECT t.judge, t.scheme, t.n::BIGINT AS n_pairs,
-       CASE WHEN t.n * t.n = coalesce(pe.ee, 0) THEN NULL
-            ELSE (t.agree * t.n - coalesce(pe.ee, 0)) / (t.n * t.n - coalesce(pe.ee, 0)) END AS kappa
-FROM tot t LEFT JOIN pe USING (judge, scheme)
-ORDER BY t.judge, t.scheme;
-
--- Krippendorff's alpha, ordinal, for two coders (reference, judge) from the coincidence matrix:
--- o_ck = n(c,k) + n(k,c); n_c its margins; delta2(c,k) = (sum_{g=c..k} n_g - (n_c + n_k)/2)^2;
--- alpha = 1 - (N - 1) * sum o_ck delta2 / sum n_c n_k delta2.
-CREATE OR REPLACE MACRO judgment_alpha(ref) AS TABLE
-WITH cm AS (SELECT * FROM judgment_confusion(ref)),
+pe AS (SELECT judge, scheme, sum(na * nb)::DOUBLE AS ee FROM ma JOIN mb USING (judge, scheme, c) GROUP BY ALL),
+kap AS (SELECT t.judge, t.scheme,
+               CASE WHEN t.n * t.n = coalesce(pe.ee, 0) THEN NULL
+                    ELSE (t.agree * t.n - coalesce(pe.ee, 0)) / (t.n * t.n - coalesce(pe.ee, 0)) END AS kappa
+        FROM tot t LEFT JOIN pe USING (judge, scheme)),
+k AS (SELECT judge,
+             max(kappa) FILTER (WHERE scheme = 'kappa') AS kappa,
+             max(kappa) FILTER (WHERE scheme = 'kappa_0_123') AS kappa_0_123,
+             max(kappa) FILTER (WHERE scheme = 'kappa_01_23') AS kappa_01_23,
+             max(kappa) FILTER (WHERE scheme = 'kappa_012_3') AS kappa_012_3
+      FROM kap GROUP BY judge),
 o AS (SELECT x.judge, x.ref_grade AS c, x.grade AS k, (x.n + y.n)::DOUBLE AS o
       FROM cm x JOIN cm y ON x.judge = y.judge AND x.ref_grade = y.grade AND x.grade = y.ref_grade),
 nc AS (SELECT judge, c, sum(o) AS n_c FROM o GROUP BY ALL),
@@ -82,22 +86,25 @@ d AS (SELECT x.judge, x.c, y.c AS k, x.n_c * y.n_c AS nn,
       FROM cu x JOIN cu y USING (judge)),
 s AS (SELECT d.judge, sum(o.o * d.d2) AS observed, sum(d.nn * d.d2) AS expected
       FROM d JOIN o ON o.judge = d.judge AND o.c = d.c AND o.k = d.k GROUP BY ALL),
-n AS (SELECT judge, sum(n_c) AS total FROM nc GROUP BY ALL)
-SELECT s.judge, (n.total / 2)::BIGINT AS n_pairs,
-       CASE WHEN s.expected = 0 THEN NULL ELSE 1 - (n.total - 1) * s.observed / s.expected END AS alpha
-FROM s JOIN n USING (judge) ORDER BY s.judge;
-
--- The agreement table: one row per judge against the reference.
-CREATE OR REPLACE MACRO judgment_agreement(ref) AS TABLE
-WITH k AS (SELECT judge,
-                  max(kappa) FILTER (WHERE scheme = 'kappa') AS kappa,
-                  max(kappa) FILTER (WHERE scheme = 'kappa_0_123') AS kappa_0_123,
-                  max(kappa) FILTER (WHERE scheme = 'kappa_01_23') AS kappa_01_23,
-                  max(kappa) FILTER (WHERE scheme = 'kappa_012_3') AS kappa_012_3
-           FROM judgment_kappa(ref) GROUP BY judge)
-SELECT k.judge, k.kappa, a.alpha, k.kappa_0_123, k.kappa_01_23, k.kappa_012_3, l.leniency, l.n_pairs
-FROM k JOIN judgment_alpha(ref) a USING (judge) JOIN judgment_leniency(ref) l USING (judge)
+al AS (SELECT s.judge, CASE WHEN s.expected = 0 THEN NULL
+                            ELSE 1 - (n.total - 1) * s.observed / s.expected END AS alpha
+       FROM s JOIN (SELECT judge, sum(n_c) AS total FROM nc GROUP BY ALL) n USING (judge)),
+l AS (SELECT judge, sum(n) AS n_pairs,
+             (sum(grade * n) - sum(ref_grade * n))::DOUBLE / sum(n) AS leniency
+      FROM cm GROUP BY judge)
+SELECT k.judge, k.kappa, al.alpha, k.kappa_0_123, k.kappa_01_23, k.kappa_012_3, l.leniency, l.n_pairs
+FROM k JOIN al USING (judge) JOIN l USING (judge)
 ORDER BY k.judge;
+
+-- The same numbers one at a time.
+CREATE OR REPLACE MACRO judgment_kappa(ref) AS TABLE
+SELECT judge, scheme, n_pairs, kappa FROM (
+    SELECT judge, n_pairs, kappa, kappa_0_123, kappa_01_23, kappa_012_3 FROM judgment_agreement(ref))
+UNPIVOT INCLUDE NULLS (kappa FOR scheme IN (kappa, kappa_0_123, kappa_01_23, kappa_012_3))
+ORDER BY judge, scheme;
+
+CREATE OR REPLACE MACRO judgment_alpha(ref) AS TABLE
+SELECT judge, n_pairs, alpha FROM judgment_agreement(ref);
 
 -- Agreement per query: exact agreement, mean absolute error, leniency and kappa (4 classes).
 CREATE OR REPLACE MACRO judgment_query_agreement(ref) AS TABLE
