@@ -67,7 +67,7 @@ def read_llmjudge():
 
 
 @functools.cache
-def llmjudge_slice(n: int = 300):
+def llmjudge_slice(n: int = 240):
     """n passages taken round-robin over the 25 test queries' judged pools, embedded with MiniLM."""
     from tasks.backends.embedders import minilm
 

@@ -308,8 +308,6 @@ from tasks.runtime.prefect_support import run_logger, stage_task  # noqa: E402
 @stage_task(STAGE)
 def tree_task(ctx, documents, embeddings, captions=None) -> dict:
     """Build or refresh the semantic tree over the document text embeddings."""
-    from prefect.artifacts import create_markdown_artifact
-
     from tasks.runtime.context import stage_clock
 
     started_at, t0 = stage_clock()
@@ -330,10 +328,23 @@ def tree_task(ctx, documents, embeddings, captions=None) -> dict:
     parents = [documents, embeddings] + ([captions] if captions else [])
     results = ctx.record(out, parents=parents, fingerprint=n["fingerprint"], started_at=started_at, started=t0,
                          logger=logger)
-    try:
-        loaded = load_tree(ctx.catalog, ctx.root, cfg.name)
-        create_markdown_artifact(key=f"tree-{cfg.name}".replace("_", "-").lower(), markdown=_outline(loaded.tree),
-                                 description=f"Top of tree {cfg.name} ({loaded.nodes.ref})")
-    except Exception as e:  # noqa: BLE001 - the artifact is a view, never a reason to fail the stage
-        logger.warning("tree %s: no outline artifact (%s)", cfg.name, e)
+    if _in_prefect_run():
+        _outline_artifact(ctx, cfg.name, logger)
     return {name: r.dataset for name, r in results.items()}
+
+
+def _in_prefect_run() -> bool:
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return TaskRunContext.get() is not None or FlowRunContext.get() is not None
+
+
+def _outline_artifact(ctx, name: str, logger) -> None:
+    from prefect.artifacts import create_markdown_artifact
+
+    try:
+        loaded = load_tree(ctx.catalog, ctx.root, name)
+        create_markdown_artifact(key=f"tree-{name}".replace("_", "-").lower(), markdown=_outline(loaded.tree),
+                                 description=f"Top of tree {name} ({loaded.nodes.ref})")
+    except Exception as e:  # noqa: BLE001 - the artifact is a view, never a reason to fail the stage
+        logger.warning("tree %s: no outline artifact (%s)", name, e)
