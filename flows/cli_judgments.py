@@ -137,6 +137,10 @@ def cmd_rank_correlation(args) -> int:
 
 
 def cmd_judge(args) -> int:
+    if args.pairs and not (args.queries and args.docs):
+        raise SystemExit("--pairs needs --queries (topics: qid<TAB>text) and --docs (passages JSONL or Parquet)")
+    if not args.pairs and not args.config:
+        raise SystemExit("judge what? give --pairs/--queries/--docs, or --config to judge a corpus's queries")
     from flows.judge import judge_flow
 
     result = judge_flow(pairs=args.pairs, queries=args.queries, docs=args.docs,
