@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from schemas.config import CaptionConfig
 from schemas.tables import CAPTIONS
 from tasks.backends.offline import ALT_TEXT
-from tasks.backends.registry import backend_name
+from tasks.backends.registry import CacheSink, backend_name
 from tasks.prompts import load_prompt
 from tasks.runtime.accounting import Quarantine, StageOutput
 from tasks.runtime.cache import KEY, WorkCache
@@ -178,12 +178,12 @@ def caption_images(documents: pa.Table, cfg: CaptionConfig, cache: WorkCache | N
         cache_hits = len(unique) - len(missing)
         todo = _first_per_key(images.filter(pc.is_in(images[KEY], value_set=pa.array(sorted(missing), pa.string()))))
 
-        def on_batch(out: pa.Table) -> None:
-            ok = pc.is_null(out["error"])
-            cache.append(out.filter(ok).select([KEY, "text", "captioner"]))
-            failed.update(zip(*out.filter(pc.invert(ok)).select([KEY, "error"]).to_pydict().values()))
-
-        model_calls = compute(todo, on_batch) if todo.num_rows else 0
+        sink = CacheSink(cache, ["text", "captioner"])
+        try:
+            model_calls = compute(todo, sink) if todo.num_rows else 0
+        finally:
+            sink.flush()  # what finished survives a crash: the next run resumes from it
+        failed = sink.failed
         cached, still_missing = cache.lookup(unique)
         lost = still_missing - set(failed)
         if lost:

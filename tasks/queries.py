@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from schemas.config import QueriesConfig, QueryFilters
 from schemas.tables import QUERIES
 from tasks.backends.offline import EXTRACTIVE, extractive_queries
-from tasks.backends.registry import backend_name
+from tasks.backends.registry import CacheSink, backend_name
 from tasks.prompts import load_prompt
 from tasks.runtime.accounting import Quarantine, StageOutput
 from tasks.runtime.cache import KEY, WorkCache
@@ -372,15 +372,13 @@ def synthesize_queries(documents: pa.Table, captions: pa.Table | None, cfg: Quer
     rows_in = units.num_rows + len(quarantine)
     unique = sorted(set(units[KEY].to_pylist()))
     _, missing = cache.lookup(unique)
-    failed: dict[str, str] = {}
-
-    def on_batch(out: pa.Table) -> None:
-        ok = pc.is_null(out["error"])
-        cache.append(out.filter(ok).select([KEY, "texts", "generator"]))
-        failed.update(zip(*out.filter(pc.invert(ok)).select([KEY, "error"]).to_pydict().values()))
-
     todo = _first_per_key(units.filter(pc.is_in(units[KEY], value_set=pa.array(sorted(missing), pa.string()))))
-    model_calls = compute(todo, on_batch) if todo.num_rows else 0
+    sink = CacheSink(cache, ["texts", "generator"])
+    try:
+        model_calls = compute(todo, sink) if todo.num_rows else 0
+    finally:
+        sink.flush()  # what finished survives a crash: the next run resumes from it
+    failed = sink.failed
     cached, still_missing = cache.lookup(unique)
     lost = still_missing - set(failed)
     if lost:

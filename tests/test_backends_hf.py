@@ -67,6 +67,8 @@ def test_blip_captioner_batches_with_and_without_prompt(tiny_captioner):
     out = cap.caption(images)
     assert len(out) == 3 and all(isinstance(t, str) for t in out)
     assert out == [cap.caption([im])[0] for im in images]
+    assert cap.caption(images, prompt="Describe the image in detail, please.") == out  # no chat template: unconditional
+    cap.text_prefix = True
     assert len(cap.caption(images, prompt="a photo of")) == 3
     assert cap.name == f"{tiny_captioner}@local"
 

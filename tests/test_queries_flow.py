@@ -99,3 +99,17 @@ def test_openai_backends_in_the_flow_never_leak_the_key(prefect_harness, ray_loc
                         "build-quarantine"]):
         assert key not in str(a.data)
     assert key not in caplog.text
+
+
+def test_cli_shows_queries_and_captions(offline_build, capsys):
+    from flows.cli import main
+
+    _, _, result = offline_build
+    assert main(["queries", "--catalog", result["catalog"], "--summary"]) == 0
+    out = capsys.readouterr().out
+    assert "text+image" in out and "roundtrip" in out and "candidates" in out
+    assert main(["queries", "--catalog", result["catalog"], "--target", "image", "--format", "json", "--limit", "3"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 3 and {r["target"] for r in rows} == {"image"}
+    assert main(["captions", "--catalog", result["catalog"], "--source", "alt_text", "--limit", "2"]) == 0
+    assert "alt_text" in capsys.readouterr().out

@@ -70,7 +70,7 @@ def build_tiny_causal_lm(path: str | Path) -> str:
     tok.chat_template = CHAT_TEMPLATE
     torch.manual_seed(SEED)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
                          pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                          eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
     model = LlamaForCausalLM(config).eval()

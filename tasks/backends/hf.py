@@ -172,13 +172,15 @@ class HFCausalLM:
 class HFCaptioner:
     """Image captions with an image-to-text / image-text-to-text model.
 
-    Covers chat VLMs (their chat template gets an image placeholder and the prompt), BLIP
-    (the prompt is a text prefix) and VisionEncoderDecoder models (no prompt).
+    Covers chat VLMs (their chat template gets an image placeholder and the prompt), BLIP and
+    VisionEncoderDecoder models. Models without a chat template caption unconditionally: an
+    instruction is not a caption prefix; `text_prefix=True` feeds the prompt to BLIP as one
+    (e.g. "a photography of").
     """
 
     def __init__(self, model: str, revision: str | None = None, *, dtype: str = "auto", device: str = "auto",
                  batch_size: int = 8, max_new_tokens: int = 40, temperature: float = 0.0,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, text_prefix: bool = False):
         import torch
         from transformers import AutoModelForImageTextToText
 
@@ -187,6 +189,7 @@ class HFCaptioner:
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
+        self.text_prefix = text_prefix
         kw = dict(revision=revision, trust_remote_code=trust_remote_code, local_files_only=_offline())
         self.image_processor, self.tokenizer, self.processor = self._load_processor(model, kw)
         if getattr(self.tokenizer, "padding_side", None) is not None:
@@ -213,7 +216,7 @@ class HFCaptioner:
             msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt or "Describe this image."}]}]
             text = self.processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
             return self.processor(images=images, text=[text] * len(images), return_tensors="pt", padding=True), text
-        if prompt:
+        if prompt and self.text_prefix:
             return self.processor(images=images, text=[prompt] * len(images), return_tensors="pt", padding=True), prompt
         return self.processor(images=images, return_tensors="pt"), None
 
