@@ -240,10 +240,6 @@ def words(text: str) -> list[str]:
     return _TOKEN.findall((text or "").lower())
 
 
-def length_ok(text: str, f: QueryFilters) -> bool:
-    return f.min_words <= len(words(text)) <= f.max_words
-
-
 def copy_overlap(query: str, source: str, n: int = 3) -> float:
     """Share of the query's word n-grams that occur in the source (queries shorter than n use their length)."""
     q, s = words(query), words(source)
