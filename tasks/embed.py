@@ -32,19 +32,20 @@ IMAGE_DATASET = "embeddings/image"
 def text_items(documents: pa.Table, captions: pa.Table | None = None) -> pa.Table:
     """Document texts and caption texts, each with the sha256 of the text it embeds."""
     docs = documents.filter(pc.is_valid(documents["text"]))
-    parts = [pa.table({"item_id": docs["doc_id"], "item_kind": pa.array(["document"] * docs.num_rows),
+    parts = [pa.table({"item_id": docs["doc_id"], "item_kind": pa.array(["document"] * docs.num_rows, pa.string()),
                        "doc_id": docs["doc_id"], "text": docs["text"]})]
     if captions is not None and captions.num_rows:
         parts.append(pa.table({"item_id": captions["caption_id"],
-                               "item_kind": pa.array(["caption"] * captions.num_rows),
+                               "item_kind": pa.array(["caption"] * captions.num_rows, pa.string()),
                                "doc_id": captions["doc_id"], "text": captions["text"]}))
     items = pa.concat_tables(parts)
-    return items.append_column("content_sha256", pa.array([text_sha256(t) for t in items["text"].to_pylist()]))
+    return items.append_column("content_sha256", pa.array([text_sha256(t) for t in items["text"].to_pylist()],
+                                                          pa.string()))
 
 
 def image_items(documents: pa.Table) -> pa.Table:
     docs = documents.filter(pc.is_valid(documents["image_uri"]))
-    return pa.table({"item_id": docs["doc_id"], "item_kind": pa.array(["image"] * docs.num_rows),
+    return pa.table({"item_id": docs["doc_id"], "item_kind": pa.array(["image"] * docs.num_rows, pa.string()),
                      "doc_id": docs["doc_id"], "image_uri": docs["image_uri"],
                      "content_sha256": docs["image_sha256"]})
 
@@ -155,6 +156,9 @@ def embed_items(stage: str, items: pa.Table, space: str, stage_fp: str, cache: W
     Items with identical content share one model call; an item whose vector could not be made
     (an unreadable image) is quarantined with the reason.
     """
+    if items.num_rows == 0:
+        return StageOutput(stage, {}, rows_in=0, rows_out=0,
+                           notes={"space": space, "dim": 0, "table": _empty_embeddings(cache)}).check()
     keys = [cache_key(c, stage_fp) for c in items["content_sha256"].to_pylist()]
     items = items.append_column(KEY, pa.array(keys, pa.string()))
     unique_keys = pc.unique(items[KEY])
@@ -187,6 +191,13 @@ def embed_items(stage: str, items: pa.Table, space: str, stage_fp: str, cache: W
                        quarantine=quarantine.table(), model_calls=computed,
                        cache_hits=len(unique_keys) - len(missing),
                        notes={"space": space, "dim": dim, "table": out}).check()
+
+
+def _empty_embeddings(cache: WorkCache) -> pa.Table:
+    """No items: an empty table in the space's dimension when the cache knows it."""
+    cached = cache.load()
+    dim = cached.schema.field("vector").type.list_size if cached is not None else 1
+    return embeddings_schema(dim).empty_table()
 
 
 def embed_texts(documents: pa.Table, captions: pa.Table | None, cfg: EmbedConfig, cache_for: Callable[[str, str], WorkCache],

@@ -75,6 +75,14 @@ def test_small_jobs_can_run_in_process_with_the_same_vectors(ray_local, sample_d
                                np.stack(b["vector"].to_numpy(zero_copy_only=False)), atol=1e-5)
 
 
+def test_a_corpus_without_text_gives_an_empty_space(ray_local, cache_for):
+    images_only = pa.Table.from_pylist([{"doc_id": "0" * 32, "modality": "image", "image_uri": "a.jpg",
+                                         "image_sha256": "h", "source": "t"}], schema=DOCUMENTS)
+    out = embed_texts(images_only, None, EmbedConfig(), cache_for, num_gpus=0)
+    assert out.rows_in == out.rows_out == out.model_calls == 0
+    assert out.tables["embeddings/text"].num_rows == 0
+
+
 def test_identical_texts_share_one_model_call(ray_local, cache_for):
     docs = pa.Table.from_pylist([{"doc_id": f"{i:032x}", "modality": "text", "text": "same words", "source": "t"}
                                  for i in range(3)], schema=DOCUMENTS)
