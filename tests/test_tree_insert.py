@@ -19,6 +19,11 @@ def corpus():
     return synthetic_corpus(N, n_topics=30, seed=3)
 
 
+def _counts_consistent(tree) -> bool:
+    counts = tree.n_leaves()
+    return all(counts[v] == len(tree.leaves_under(v)) for v in tree.live_nodes())
+
+
 def _built(corpus, mode, m=8, n=N - N // 100):
     ids, texts, vecs, topics = corpus
     summarizer = ExtractiveSummarizer(TermStats.of(texts[:n]))
@@ -40,7 +45,7 @@ def test_insert_one_percent_keeps_invariants_and_touches_o_depth(corpus, mode):
         assert report.inserted == 1
         touched_each.append(report.touched)
     assert check_invariants(tree, ids) == []
-    assert tree.n_docs == N
+    assert tree.n_docs == N and _counts_consistent(tree)
     # the path to the root, plus one new sibling per level a split cascades through
     assert max(touched_each) <= 2 * tree.height() + 1
     assert np.mean(touched_each) <= tree.height() + 2
@@ -108,7 +113,7 @@ def test_delete_prunes_emptied_nodes(corpus, mode):
     live_ids = {tree.node_id[v] for v in tree.live_nodes()}
     assert victim_id not in live_ids
     rest = [d for d in ids[:600] if d not in set(gone)]
-    assert check_invariants(tree, rest) == []
+    assert check_invariants(tree, rest) == [] and _counts_consistent(tree)
     nodes, _ = tree.to_tables()
     assert set(nodes["doc_id"].drop_null().to_pylist()) == set(rest)
     # deleting everything leaves an empty root, still a valid tree

@@ -102,7 +102,7 @@ def build_bottom_up(tree_id: str, doc_ids: Sequence[str], texts: Sequence[str], 
         log.info("bottom-up level %d: %d nodes", depth, len(level))
     for v in level:
         tree.set_parent(v, ROOT)
-    summarize_nodes(tree, [ROOT], summarizer, embed, params, _forest_counts(tree))
+    summarize_nodes(tree, [ROOT], summarizer, embed, params, tree.n_leaves())
     return tree
 
 
@@ -116,17 +116,8 @@ def _make_parents(tree: Tree, level: list[int], parts: list[np.ndarray], tag: st
         for m in members:
             tree.set_parent(m, p)
         parents.append(p)
-    summarize_nodes(tree, parents, summarizer, embed, params, _forest_counts(tree))
+    summarize_nodes(tree, parents, summarizer, embed, params, tree.n_leaves())
     return parents
-
-
-def _forest_counts(tree: Tree) -> np.ndarray:
-    """Documents under each node of a forest still being built bottom-up (children before parents)."""
-    counts = np.array([1 if tree.is_leaf(v) else 0 for v in range(len(tree.node_id))], np.int64)
-    for v in range(len(tree.node_id)):
-        if not tree.is_leaf(v) and v != ROOT:
-            counts[v] = counts[tree.children[v]].sum()
-    return counts
 
 
 def _metadata_level(tree: Tree, leaves: list[int], keys: list[str | None], summarizer: Summarizer,

@@ -6,8 +6,9 @@ recursively: 2-means on the set, then the points are ordered along the line betw
 centres and cut where the group counts say, so both halves fit. Each split is O(n·d) and the
 recursion is log2(n/M) deep, so a level costs O(n·d·log n).
 
-Scikit-learn's KMeans runs the large splits; for small sets its per-call overhead (~20 ms)
-dominates, so those use a few Lloyd steps in numpy with the same k-means++-style seeding.
+Each split is a few Lloyd steps of 2-means in numpy, fitted on at most 4,096 sampled points:
+scikit-learn's KMeans costs ~20 ms per call in overhead and a build makes ceil(N/M) splits per
+level. Topic clustering (top-down) uses scikit-learn's KMeans.
 """
 from __future__ import annotations
 
@@ -15,20 +16,15 @@ import math
 
 import numpy as np
 
-SKLEARN_MIN_POINTS = 2048
+SAMPLE = 4096  # the 2-means of a large set is fitted on a sample; every point is still projected
 
 
 def _direction(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The vector c2 - c1 between the two 2-means centres of x."""
-    if len(x) >= SKLEARN_MIN_POINTS:
-        from sklearn.cluster import KMeans
-
-        km = KMeans(n_clusters=2, n_init=1, max_iter=20, random_state=int(rng.integers(2**31))).fit(x)
-        c = km.cluster_centers_
-        return (c[1] - c[0]).astype(np.float32)
+    """The vector c2 - c1 between the two 2-means centres of x (a few Lloyd steps)."""
+    if len(x) > SAMPLE:
+        x = x[rng.choice(len(x), SAMPLE, replace=False)]
     first = x[int(rng.integers(len(x)))]
-    d = ((x - first) ** 2).sum(1)
-    c = np.stack([first, x[int(np.argmax(d))]]).astype(np.float32)
+    c = np.stack([first, x[int(np.argmax(((x - first) ** 2).sum(1)))]]).astype(np.float32)
     for _ in range(8):
         assign = (x @ (c[1] - c[0])) > 0.5 * (c[1] @ c[1] - c[0] @ c[0])
         if assign.all() or not assign.any():

@@ -135,27 +135,10 @@ def _resummarize(tree: Tree, touched: set[int], summarizer: Summarizer, embed: E
     if not live:
         return
     depth = tree.depths()
-    counts = _counts(tree, live)
+    counts = tree.n_leaves()
     for d in sorted({depth[v] for v in live}, reverse=True):
         level = sorted(v for v in live if depth[v] == d)
         if level == [ROOT] and not tree.children[ROOT]:
             tree.text[ROOT] = "(empty tree)"
             continue
         summarize_nodes(tree, level, summarizer, embed, params, counts)
-
-
-def _counts(tree: Tree, nodes: list[int]) -> np.ndarray:
-    """Documents under the touched nodes and their children; other entries stay 0."""
-    counts = np.zeros(len(tree.node_id), np.int64)
-    memo: dict[int, int] = {}
-
-    def under(v: int) -> int:
-        if v not in memo:
-            memo[v] = 1 if tree.is_leaf(v) else sum(under(c) for c in tree.children[v])
-        return memo[v]
-
-    for v in nodes:
-        for c in tree.children[v]:
-            counts[c] = under(c)
-        counts[v] = under(v)
-    return counts

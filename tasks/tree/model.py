@@ -32,6 +32,7 @@ class Tree:
     doc_id: list[str | None] = field(default_factory=list)
     text: list[str] = field(default_factory=list)  # summary of an internal node, passage of a leaf
     alive: list[bool] = field(default_factory=list)
+    _count: list[int] = field(default_factory=list)  # documents under each node, kept on every change
     _vectors: np.ndarray | None = None
     _leaf_of: dict[str, int] = field(default_factory=dict)
     _depth_cache: list[int] | None = None
@@ -46,10 +47,12 @@ class Tree:
         self.doc_id.append(doc_id)
         self.text.append(text)
         self.alive.append(True)
+        self._count.append(1 if doc_id is not None else 0)
         self._ensure_capacity(i + 1)
         self._vectors[i] = vector
         if parent >= 0:
             self.children[parent].append(i)
+            self._add_count(parent, self._count[i])
         if doc_id is not None:
             self._leaf_of[doc_id] = i
         self._depth_cache = None
@@ -63,12 +66,19 @@ class Tree:
             grown[: len(self._vectors)] = self._vectors
             self._vectors = grown
 
+    def _add_count(self, node: int, n: int) -> None:
+        while node >= 0 and n:
+            self._count[node] += n
+            node = self.parent[node]
+
     def set_parent(self, node: int, new_parent: int) -> None:
         old = self.parent[node]
         if old >= 0:
             self.children[old].remove(node)
+            self._add_count(old, -self._count[node])
         self.parent[node] = new_parent
         self.children[new_parent].append(node)
+        self._add_count(new_parent, self._count[node])
         self._depth_cache = None
 
     def kill(self, node: int) -> None:
@@ -78,6 +88,7 @@ class Tree:
         p = self.parent[node]
         if p >= 0:
             self.children[p].remove(node)
+            self._add_count(p, -self._count[node])
         self.alive[node] = False
         if self.doc_id[node] is not None:
             self._leaf_of.pop(self.doc_id[node], None)
@@ -125,12 +136,8 @@ class Tree:
         return out
 
     def n_leaves(self) -> np.ndarray:
-        counts = np.zeros(len(self.node_id), np.int64)
-        for leaf in self._leaf_of.values():
-            counts[leaf] += 1
-            for a in self.ancestors(leaf):
-                counts[a] += 1
-        return counts
+        """Documents under each node (a dead node keeps its last count)."""
+        return np.array(self._count, np.int64)
 
     def leaves_under(self, node: int) -> list[int]:
         out, stack = [], [node]
