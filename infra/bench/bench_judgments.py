@@ -2,8 +2,11 @@
 
 BENCH judge_scoring: judgments per second from label probabilities (one forward pass) vs
   generate-then-parse (max 8 new tokens), same tiny random causal LM, same pairs, same batch
-  size, same run. Pairs are LLMJudge topics x passages. BENCH_JUDGE_PAIRS (default 2000),
-  BENCH_JUDGE_BATCH (16), BENCH_JUDGE_DOC_CHARS (600).
+  size, same run. Pairs are LLMJudge topics x passages, with the real judge prompt
+  (`speedup`) and again with a one-line prompt and 200-character passages
+  (`compact_prompt_speedup`), where the 8 decoding steps weigh more against the prompt's
+  forward pass. BENCH_JUDGE_PAIRS (default 2000), BENCH_JUDGE_BATCH (16),
+  BENCH_JUDGE_DOC_CHARS (600).
 BENCH agreement_sql: the full agreement table (kappa, alpha, binarized kappas, leniency) in
   DuckDB over BENCH_AGREEMENT_PAIRS (default 1,000,000) synthetic judgments from 10 judges
   (judge_00 is the reference); the baseline is scikit-learn + krippendorff on the same labels.
@@ -35,38 +38,55 @@ def _pairs(n: int):
                      "image_path": pa.array([None] * n, pa.string())}, schema=J.PAIRS)
 
 
+COMPACT_PROMPT = "Query: {query}\nPassage: {document}\nRelevance of the passage to the query, 0 to 3:"
+
+
+def _scoring_rates(model: str, pairs: pa.Table, batch: int, doc_chars: int, prompts_dir: str | None) -> dict:
+    """Judgments per second for each scoring method over the same pairs (after a warm-up batch)."""
+    from schemas.config import JudgeConfig
+    from tasks import judge as J
+
+    results = {}
+    for scoring in ("label_probs", "generate"):
+        cfg = JudgeConfig(backend="hf", model=model, batch_size=batch, device="cpu", scoring=scoring,
+                          max_doc_chars=doc_chars, max_new_tokens=8, prompts_dir=prompts_dir)
+        judge = J.Judge(cfg, "cpu")
+        judge(pairs.slice(0, batch))
+        t0 = time.perf_counter()
+        out = judge(pairs)  # the judge batches by `batch`, similar prompt lengths together
+        results[scoring] = (pairs.num_rows / (time.perf_counter() - t0), out)
+    return results
+
+
 def bench_judge_scoring() -> dict:
     import torch
 
-    from schemas.config import JudgeConfig
-    from tasks import judge as J
     from tests.tiny_models import build_tiny_causal_lm
 
     n = int(os.environ.get("BENCH_JUDGE_PAIRS", 2000))
     batch = int(os.environ.get("BENCH_JUDGE_BATCH", 16))
     doc_chars = int(os.environ.get("BENCH_JUDGE_DOC_CHARS", 600))
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
     pairs = _pairs(n)
     with tempfile.TemporaryDirectory() as tmp:
         model = build_tiny_causal_lm(Path(tmp) / "tiny")
-        results = {}
-        for scoring in ("label_probs", "generate"):
-            cfg = JudgeConfig(backend="hf", model=model, batch_size=batch, device="cpu", scoring=scoring,
-                              max_doc_chars=doc_chars, max_new_tokens=8)
-            judge = J.Judge(cfg, "cpu")
-            judge(pairs.slice(0, batch))  # warm-up
-            t0 = time.perf_counter()
-            out = judge(pairs)  # the judge batches by `batch`, similar prompt lengths together
-            results[scoring] = (n / (time.perf_counter() - t0), out)
-    lp_rate, lp = results["label_probs"]
-    gen_rate, gen = results["generate"]
+        full = _scoring_rates(model, pairs, batch, doc_chars, None)
+        # the same pairs with a one-line prompt and short passages: decoding weighs more there
+        compact_dir = Path(tmp) / "prompts"
+        compact_dir.mkdir()
+        (compact_dir / "judge_graded.v1.txt").write_text(COMPACT_PROMPT)
+        compact = _scoring_rates(model, pairs, batch, 200, str(compact_dir))
+    lp_rate, lp = full["label_probs"]
+    gen_rate, gen = full["generate"]
     statuses = dict(zip(*np.unique(gen["status"].to_numpy(zero_copy_only=False), return_counts=True)))
+    c_speedup = compact["label_probs"][0] / compact["generate"][0]
     line = (f"BENCH judge_scoring speedup={lp_rate / gen_rate:.2f} label_probs_per_s={lp_rate:.1f} "
-            f"generate_parse_per_s={gen_rate:.1f} pairs={n} batch={batch} "
+            f"generate_parse_per_s={gen_rate:.1f} pairs={n} batch={batch} doc_chars={doc_chars} "
+            f"compact_prompt_speedup={c_speedup:.2f} "
             f"generate_ok={int(statuses.get('ok', 0))} generate_parse_errors={int(statuses.get('parse_error', 0))} "
             f"label_probs_ok={int(np.sum(lp['status'].to_numpy(zero_copy_only=False) == 'ok'))}")
     print(line, flush=True)
-    return {"speedup": lp_rate / gen_rate}
+    return {"speedup": lp_rate / gen_rate, "compact_speedup": c_speedup}
 
 
 def _synthetic_judgments(path: Path, n_total: int, judges: int = 10, seed: int = 0) -> dict:
