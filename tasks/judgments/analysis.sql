@@ -89,7 +89,7 @@ s AS (SELECT d.judge, sum(o.o * d.d2) AS observed, sum(d.nn * d.d2) AS expected
 al AS (SELECT s.judge, CASE WHEN s.expected = 0 THEN NULL
                             ELSE 1 - (n.total - 1) * s.observed / s.expected END AS alpha
        FROM s JOIN (SELECT judge, sum(n_c) AS total FROM nc GROUP BY ALL) n USING (judge)),
-l AS (SELECT judge, sum(n) AS n_pairs,
+l AS (SELECT judge, sum(n)::BIGINT AS n_pairs,
              (sum(grade * n) - sum(ref_grade * n))::DOUBLE / sum(n) AS leniency
       FROM cm GROUP BY judge)
 SELECT k.judge, k.kappa, al.alpha, k.kappa_0_123, k.kappa_01_23, k.kappa_012_3, l.leniency, l.n_pairs
