@@ -17,6 +17,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -106,19 +107,26 @@ def plan_index(n: int, dim: int, cfg: IndexConfig) -> IndexPlan:
                      est / 2**20)
 
 
-def build_faiss(vectors: np.ndarray, plan: IndexPlan, seed: int = 0):
+def build_faiss(vectors: "np.ndarray | Vectors", plan: IndexPlan, seed: int = 0):
+    """Train (IVF/PQ, on a seeded sample) and fill an index, batch by batch."""
     import faiss
 
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    index = faiss.index_factory(vectors.shape[1], plan.factory, faiss.METRIC_INNER_PRODUCT)
+    if isinstance(vectors, np.ndarray):
+        arr = np.ascontiguousarray(vectors, dtype=np.float32)
+        vectors = Vectors(pa.table({"space": pa.nulls(len(arr), pa.string())}), arr.shape[1], lambda: iter([arr]))
+        n = len(arr)
+    else:
+        n = vectors.items.num_rows
+    index = faiss.index_factory(vectors.dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
     if plan.type == "hnsw":
         index.hnsw.efConstruction = plan.params["efConstruction"]
     if not index.is_trained:
         rng = np.random.default_rng(seed)
         cap = max(plan.params.get("nlist", 1) * 256, 2 ** plan.params.get("pq_bits", 0) * 256)
-        sample = vectors if len(vectors) <= cap else vectors[np.sort(rng.choice(len(vectors), cap, replace=False))]
-        index.train(sample)
-    index.add(vectors)
+        rows = np.arange(n) if n <= cap else np.sort(rng.choice(n, cap, replace=False))
+        index.train(vectors.take(rows))
+    for batch in vectors.batches():
+        index.add(batch)
     _search_params(index, plan.type, plan.params)
     return index
 
@@ -253,10 +261,14 @@ class VectorIndex:
     # -- storage --
     def save(self, root: DataRoot, path: str) -> None:
         import faiss
+        import pyarrow.fs as pafs
 
         root.fs.create_dir(path, recursive=True)
-        with root.fs.open_output_stream(posixpath.join(path, "index.faiss")) as f:
-            f.write(faiss.serialize_index(self.index).tobytes())
+        if isinstance(root.fs, pafs.LocalFileSystem):  # straight to disk, no in-memory copy
+            faiss.write_index(self.index, posixpath.join(path, "index.faiss"))
+        else:
+            with root.fs.open_output_stream(posixpath.join(path, "index.faiss")) as f:
+                f.write(faiss.serialize_index(self.index))
         root.write(self.items, posixpath.join(path, "items.parquet"))
         _write_json(root, posixpath.join(path, "manifest.json"), self.manifest)
 
@@ -264,9 +276,14 @@ class VectorIndex:
     def load(cls, root: DataRoot, path: str) -> "VectorIndex":
         import faiss
 
+        import pyarrow.fs as pafs
+
         manifest = _read_json(root, posixpath.join(path, "manifest.json"))
-        with root.fs.open_input_stream(posixpath.join(path, "index.faiss")) as f:
-            index = faiss.deserialize_index(np.frombuffer(f.read(), dtype=np.uint8))
+        if isinstance(root.fs, pafs.LocalFileSystem):
+            index = faiss.read_index(posixpath.join(path, "index.faiss"))
+        else:
+            with root.fs.open_input_stream(posixpath.join(path, "index.faiss")) as f:
+                index = faiss.deserialize_index(np.frombuffer(f.read(), dtype=np.uint8))
         _search_params(index, manifest["type"], manifest["params"])
         items = root.read(posixpath.join(path, "items.parquet"))
         return cls(manifest["name"], index, items, manifest)
@@ -275,11 +292,72 @@ class VectorIndex:
 ITEM_COLUMNS = ["item_id", "item_kind", "doc_id", "content_sha256"]
 
 
-def indexable(embeddings: pa.Table) -> pa.Table:
-    """The rows that stand for documents (not queries or tree summaries), in a stable order."""
-    rows = embeddings.filter(pc.is_in(embeddings["item_kind"], value_set=pa.array(INDEXED_KINDS)))
-    rows = rows.filter(pc.is_valid(rows["doc_id"]))
-    return rows.sort_by([("doc_id", "ascending"), ("item_kind", "ascending"), ("item_id", "ascending")])
+@dataclass
+class Vectors:
+    """The indexable rows of an embeddings dataset (document, caption and image vectors, not queries
+    or tree summaries) and their vectors, streamed in row order so a large space is never held in
+    memory twice on its way into FAISS."""
+
+    items: pa.Table  # ITEM_COLUMNS + space
+    dim: int
+    stream: Callable[[], Iterator[np.ndarray]]
+
+    def batches(self) -> Iterator[np.ndarray]:
+        return self.stream()
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Vectors of the given row positions (ascending), gathered batch by batch."""
+        out, start, done = np.empty((len(rows), self.dim), np.float32), 0, 0
+        for b in self.batches():
+            lo, hi = np.searchsorted(rows, [start, start + len(b)])
+            out[done:done + hi - lo] = b[rows[lo:hi] - start]
+            done += hi - lo
+            start += len(b)
+        return out
+
+    @classmethod
+    def from_table(cls, table: pa.Table, batch_rows: int = 65536) -> "Vectors":
+        keep = _indexable_mask(table)
+        vectors = vectors_of(table)
+        items = table.select(ITEM_COLUMNS + ["space"])
+        if keep is not None:
+            items, vectors = items.filter(pa.array(keep)), vectors[keep]
+        dim = vectors.shape[1] if len(vectors) else 0
+        return cls(items, dim, lambda: (vectors[i:i + batch_rows] for i in range(0, len(vectors), batch_rows)))
+
+    @classmethod
+    def from_parquet(cls, root: DataRoot, path: str, batch_rows: int = 16384) -> "Vectors":
+        import pyarrow.parquet as pq
+
+        table = root.read(path, columns=ITEM_COLUMNS + ["space"])
+        keep = _indexable_mask(table)
+        items = table.filter(pa.array(keep)) if keep is not None else table
+        vtype = pq.read_schema(path, filesystem=root.fs).field("vector").type
+        dim = vtype.list_size if pa.types.is_fixed_size_list(vtype) else None
+
+        def stream() -> Iterator[np.ndarray]:
+            start = 0
+            with root.fs.open_input_file(path) as f:
+                for batch in pq.ParquetFile(f, buffer_size=1 << 22, pre_buffer=False).iter_batches(
+                        batch_size=batch_rows, columns=["vector"], use_threads=False):
+                    v = vectors_of(pa.table({"vector": batch.column(0)}))
+                    if keep is not None:
+                        v = v[keep[start:start + len(v)]]
+                    start += batch.num_rows
+                    yield np.ascontiguousarray(v)
+
+        if dim is None:
+            dim = next((b.shape[1] for b in stream() if len(b)), 0)
+        return cls(items, dim, stream)
+
+
+def _indexable_mask(table: pa.Table) -> np.ndarray | None:
+    """Rows that stand for a document; None when all of them do."""
+    if table.num_rows == 0:
+        return None
+    keep = pc.and_(pc.is_in(table["item_kind"], value_set=pa.array(INDEXED_KINDS)),
+                   pc.fill_null(pc.is_valid(table["doc_id"]), False))
+    return None if pc.all(keep).as_py() else keep.to_numpy(zero_copy_only=False).astype(bool)
 
 
 def vectors_of(table: pa.Table) -> np.ndarray:
@@ -299,7 +377,7 @@ class RefreshResult:
     reason: str = ""
 
 
-def refresh_vector_index(name: str, embeddings: pa.Table, previous: VectorIndex | None, cfg: IndexConfig,
+def refresh_vector_index(name: str, embeddings: pa.Table | Vectors, previous: VectorIndex | None, cfg: IndexConfig,
                          source: dict | None = None) -> RefreshResult:
     """Bring an index up to date with an embeddings table: add new vectors where the type allows.
 
@@ -307,14 +385,13 @@ def refresh_vector_index(name: str, embeddings: pa.Table, previous: VectorIndex 
     removed or changed, the planned type for the new size differs, or an IVF/PQ index grew past
     `retrain_growth` times the count it was trained on.
     """
-    rows = indexable(embeddings)
+    vecs = embeddings if isinstance(embeddings, Vectors) else Vectors.from_table(embeddings)
+    rows, dim = vecs.items, vecs.dim
     key_now = _item_keys(rows)
     spaces = pc.unique(rows["space"]).to_pylist() if rows.num_rows else []
     if len(spaces) > 1:
         raise ValueError(f"embeddings for index '{name}' mix spaces {spaces}; one index holds one space")
     space = spaces[0] if spaces else None
-    vectors = vectors_of(rows)
-    dim = vectors.shape[1] if rows.num_rows else 0
     plan = plan_index(rows.num_rows, dim, cfg)
 
     reason = ""
@@ -336,12 +413,12 @@ def refresh_vector_index(name: str, embeddings: pa.Table, previous: VectorIndex 
             if not new_mask.any():
                 return RefreshResult(previous, "unchanged")
             new_rows = rows.filter(pa.array(new_mask))
-            previous.add(new_rows.select(ITEM_COLUMNS), vectors[new_mask])
+            previous.add(new_rows.select(ITEM_COLUMNS), vecs.take(np.flatnonzero(new_mask)))
             previous.manifest.update(source=source, updated_at=str(now()),
                                      added_since_build=previous.manifest.get("added_since_build", 0) + int(new_mask.sum()))
             return RefreshResult(previous, "added", added=int(new_mask.sum()))
 
-    index = build_faiss(vectors, plan) if rows.num_rows else _empty_faiss(plan, dim)
+    index = build_faiss(vecs, plan) if rows.num_rows else _empty_faiss(plan, dim)
     manifest = {
         "name": name, "space": space, "dim": dim, "metric": METRIC, "type": plan.type, "factory": plan.factory,
         "params": plan.params, "estimated_mb": round(plan.est_mb, 3), "memory_budget_mb": cfg.memory_budget_mb,
@@ -558,10 +635,11 @@ def run_index(ctx, embeddings: list, documents=None, captions=None, logger=None)
                              "count": cur["count"]}
             total += cur["count"]
             continue
-        table = ctx.read(ref.name, ref.version)
+        table = Vectors.from_parquet(ctx.root, ref.path)  # streamed: never two copies of the space
         encoder = ctx.config.embed.text.model_dump(mode="json") if name == "text" else None
         source = {"dataset": ref.name, "version": ref.version, "encoder": encoder}
         res = refresh_vector_index(name, table, store.load_vector(name) if cur else None, cfg, source)
+        del table
         total += res.index.count
         if res.action == "unchanged":
             store.repoint(name, ref.name, ref.version)

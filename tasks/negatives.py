@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from schemas.config import NegativesConfig
 from schemas.tables import CANDIDATES, NEGATIVES
-from tasks.index import LexicalIndex, VectorIndex
+from tasks.index import LexicalIndex, VectorIndex, vectors_of
 from tasks.runtime.accounting import Quarantine
 from tasks.runtime.ids import record_id
 
@@ -607,10 +607,7 @@ def query_vectors(ctx, texts: list[str], space: str) -> tuple[np.ndarray, int, i
         calls = len(todo)
         cached, _ = cache.lookup(list(dict.fromkeys(keys)))
     pos = {k: i for i, k in enumerate(cached[KEY].to_pylist())}
-    from tasks.index import vectors_of
-
-    table_vecs = vectors_of(cached)
-    return table_vecs[[pos[k] for k in keys]], calls, len(set(keys)) - calls
+    return vectors_of(cached)[[pos[k] for k in keys]], calls, len(set(keys)) - calls
 
 
 # ---- refresh: which queries need mining again ----------------------------------------------------
@@ -797,6 +794,20 @@ def _previous_run(ctx, store, fp: str, plan: MiningPlan, cfg: NegativesConfig):
     return ctx.read("negatives"), ctx.read(CANDIDATES_DATASET), ctx.root.read(base + ".parquet"), prev_items
 
 
+def report_markdown(r: dict) -> str:
+    lines = [f"### Negatives: {r.get('negatives')} ({r['rows']} rows), {r['mode']} run", "",
+             f"- queries: {r['queries_total']} total, {r['queries_remined']} mined now, {r['queries_reused']} reused, "
+             f"{r['queries_quarantined']} quarantined",
+             f"- window {r['range_min']}-{r['range_max']}, depth {r['depth']}, {r['num_negatives']} negatives asked",
+             f"- queries short of that: {r['queries_short']} ({r['queries_without_negatives']} with none)"
+             + (f", e.g. {', '.join(r['short_examples'][:5])}" if r["short_examples"] else ""),
+             f"- modality classes: C1 {r['modality_c1']}, C2 {r['modality_c2']}", "",
+             "| policy | candidates removed |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in r["removed"].items()] or ["| (none) | 0 |"]
+    lines += [f"| (considered) | {r['candidates_considered']} |"]
+    return "\n".join(lines)
+
+
 # ---- Prefect task --------------------------------------------------------------------------------
 def _stage_task():
     from tasks.runtime.prefect_support import run_logger, stage_task
@@ -804,7 +815,12 @@ def _stage_task():
     @stage_task(STAGE)
     def mine_task(ctx) -> dict:
         """Hard negatives for the current queries (synthetic or imported), refreshed incrementally."""
+        from prefect.artifacts import create_markdown_artifact
+
         report = run_mining(ctx, logger=run_logger())
+        if "skipped" not in report:
+            create_markdown_artifact(key="negatives-report", markdown=report_markdown(report),
+                                     description="Hard negative mining: what each policy removed, shortfalls")
         return {k: v for k, v in report.items() if not isinstance(v, (list, dict))}
 
     return mine_task

@@ -23,13 +23,15 @@ def clustered(n: int, dim: int = 32, seed: int = 0, centers: int = 20) -> np.nda
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def embeddings(vectors: np.ndarray, doc_ids=None, kinds=None, item_ids=None, space: str = SPACE) -> pa.Table:
+def embeddings(vectors: np.ndarray, doc_ids=None, kinds=None, item_ids=None, space: str = SPACE,
+               contents=None) -> pa.Table:
     n = len(vectors)
     doc_ids = doc_ids or [f"d{i:05d}" for i in range(n)]
     item_ids = item_ids or list(doc_ids)
     return pa.table({
         "item_id": item_ids, "item_kind": kinds or ["document"] * n, "doc_id": doc_ids,
-        "content_sha256": [hashlib.sha256(v.tobytes()).hexdigest() for v in vectors],
+        "content_sha256": [hashlib.sha256(c.encode() if isinstance(c, str) else c.tobytes()).hexdigest()
+                           for c in (contents or vectors)],
         "space": [space] * n,
         "vector": pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(vectors).ravel()), vectors.shape[1]),
     })
@@ -210,7 +212,8 @@ def test_index_stage_builds_refreshes_and_searches(ctx, minilm):
 
     def emb(texts):
         vecs = minilm.embed(list(texts.values()))
-        return embeddings(vecs, doc_ids=list(texts), space=minilm.name)
+        # like the embed stage, the content hash is the text's: re-embedding in another batch is no change
+        return embeddings(vecs, doc_ids=list(texts), space=minilm.name, contents=list(texts.values()))
 
     docs1 = _publish(ctx, "documents", _docs(dict(list(TEXTS.items())[:3])))
     e1 = _publish(ctx, TEXT_DATASET, emb(dict(list(TEXTS.items())[:3])), [docs1])
