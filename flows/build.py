@@ -16,7 +16,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from schemas.config import BuildConfig, config_from_dict, load_config
 from tasks.caption import caption_task
 from tasks.embed import embed_image_task, embed_text_task
+from tasks.index import index_task
 from tasks.ingest import ingest_task
+from tasks.negatives import mine_task
 from tasks.queries import queries_task
 from tasks.runtime.context import RunContext
 from tasks.runtime.ids import canonical_json, fingerprint
@@ -41,6 +43,10 @@ def run_stages(ctx: RunContext) -> dict:
                                                refs.get("embeddings/text")))
     if cfg.tree.enabled:
         refs.update(_configured(tree_task, cfg)(ctx, refs["documents"], refs["embeddings/text"], refs.get("captions")))
+    _configured(index_task, cfg)(ctx, refs)
+    if cfg.negatives.enabled:
+        _configured(mine_task, cfg)(ctx)
+        refs.update({n: ref for n in ("negatives", "candidates/mining") if (ref := ctx.current(n)) is not None})
     return refs
 
 

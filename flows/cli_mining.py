@@ -47,6 +47,7 @@ def cmd_export(args) -> int:
                           export_overrides=overrides)
     for fmt, r in results.items():
         counts = {k: v for k, v in r["counts"].items() if not isinstance(v, (list, dict))}
+        counts["files"] = len(r["counts"].get("files", []))
         print(f"{fmt:<22} {r['path']}  {json.dumps(counts)}")
     return 0
 

@@ -286,18 +286,22 @@ def source_licences(documents: pa.Table | None, configured: dict[str, str]) -> l
 
 
 def run_configs(catalog: Catalog, refs: list[DatasetVersion]) -> dict:
-    """The run configs (sections) that produced the exported datasets, from the runs table."""
-    out = {}
+    """The config sections of the runs that produced the exported datasets, once per run."""
+    out: dict[str, dict] = {}
     for ref in refs:
         row = catalog.query("SELECT r.run_id, r.config_json FROM datasets d JOIN runs r USING (run_id) "
                             "WHERE d.name = ? AND d.version = ?", [ref.name, ref.version]).to_pylist()
-        if row and row[0]["config_json"]:
+        if not row or not row[0]["config_json"]:
+            continue
+        run = out.get(f"run {row[0]['run_id']}")
+        if run is None:
             try:
                 cfg = json.loads(row[0]["config_json"])
             except ValueError:
                 continue
-            out[ref.ref] = {k: cfg[k] for k in ("name", "embed", "index", "negatives", "queries", "caption", "judge")
-                            if k in cfg} | {"run_id": row[0]["run_id"]}
+            run = out[f"run {row[0]['run_id']}"] = {"datasets": []} | {
+                k: cfg[k] for k in ("name", "embed", "index", "negatives", "queries", "caption", "judge") if k in cfg}
+        run["datasets"].append(ref.ref)
     return out
 
 
