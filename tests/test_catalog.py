@@ -191,3 +191,11 @@ def test_sample_config_paths_resolve_relative_to_the_file():
     cfg = load_config(SAMPLE_CONFIG)
     assert cfg.corpus_root == (REPO / "infra" / "sample_corpus").resolve()
     assert cfg.catalog_path == str((REPO / ".corpusforge" / "catalog.duckdb").resolve())
+
+
+def test_a_document_whose_modality_does_not_match_its_content_is_refused(store):
+    cat, root = store
+    t = docs("a", "b").set_column(2, "modality", pa.array(["image", "text"]))  # claims an image it lacks
+    with pytest.raises(ValidationFailed) as err:
+        publish(cat, root, "documents", t)
+    assert [(f["column"], f["unexpected_count"]) for f in err.value.report.failures] == [("__modality_matches_content", 1)]

@@ -163,8 +163,8 @@ class HFCausalLM:
             mask = enc["attention_mask"]
             positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
             with torch.inference_mode():
-                logits = self.model(input_ids=enc["input_ids"], attention_mask=mask,
-                                    position_ids=positions).logits[:, -1, :]
+                logits = self.model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=positions,
+                                    use_cache=False, logits_to_keep=1).logits[:, -1, :]
             out[sl] = torch.softmax(logits.float()[:, ids], dim=-1).cpu().numpy()
         return out
 

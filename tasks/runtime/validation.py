@@ -74,10 +74,25 @@ def _frame(table: pa.Table):
     if "image_uri" in table.column_names:
         cols.append(pc.is_valid(table["image_uri"]))
         names.append("__has_image")
+    if {"modality", "__has_text", "__has_image"} <= set(names):
+        cols.append(_modality_matches_content(table["modality"], cols[names.index("__has_text")],
+                                              cols[names.index("__has_image")]))
+        names.append("__modality_matches_content")
+    if "grade" in table.column_names and "status" in table.column_names:
+        cols.append(pc.equal(pc.fill_null(pc.equal(table["status"], "ok"), False), pc.is_valid(table["grade"])))
+        names.append("__grade_matches_status")
     if "grade" in table.column_names:
         cols.append(pc.is_valid(table["grade"]))
         names.append("__has_grade")
     return pa.table(cols, names=names).to_pandas()
+
+
+def _modality_matches_content(modality, has_text, has_image):
+    """text: text only; image: an image only; interleaved: both (vectorised, unlike GX's pair checks)."""
+    is_ = lambda m: pc.fill_null(pc.equal(modality, m), False)  # noqa: E731
+    return pc.or_(pc.or_(pc.and_(is_("text"), pc.and_(has_text, pc.invert(has_image))),
+                         pc.and_(is_("image"), pc.and_(has_image, pc.invert(has_text)))),
+                  pc.and_(is_("interleaved"), pc.and_(has_text, has_image)))
 
 
 @lru_cache(maxsize=1)
