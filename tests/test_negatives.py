@@ -362,3 +362,53 @@ def test_refresh_adds_to_the_index_and_remines_only_affected_queries(sample, tmp
     # nothing changed: the next refresh re-mines nothing and publishes no new version
     third = run_mining(ctx)
     assert third["queries_remined"] == 0 and third["negatives"] == second["negatives"]
+
+
+def test_mine_command_from_imported_queries_and_qrels(sample, tmp_path, prefect_harness, capsys):
+    """`corpusforge mine` on topics + qrels files whose ids are the sources' own (coco:<id>), with
+    a judge label set imported by `corpusforge import-qrels` filtering a false negative."""
+    import yaml
+
+    from flows.cli import main
+    from schemas.config import load_config
+    from tasks.judgments.store import Store
+    from tasks.negatives import run_mining
+    from tasks.runtime.context import RunContext
+
+    documents, captions, emb, queries = sample
+    coco = [(d, s) for d, s in zip(documents["doc_id"].to_pylist(), documents["source_id"].to_pylist())
+            if s and s.startswith("coco:")][:6]
+    text_by_doc = dict(zip(queries["doc_id"].to_pylist(), queries["text"].to_pylist()))
+    (tmp_path / "topics.tsv").write_text("".join(f"t{i}\t{text_by_doc[d]}\n" for i, (d, _) in enumerate(coco)))
+    qrels = "".join(f"t{i} 0 {s} 3\n" for i, (_, s) in enumerate(coco)) + "t0 0 coco:999999 2\nt1 0 " + \
+        f"{coco[2][1]} 1\n"
+    (tmp_path / "qrels.txt").write_text(qrels)
+    config = tmp_path / "mine.yaml"
+    base = {"corpus": {"root": str(tmp_path), "sources": [{"kind": "manifest", "path": "x"}]},
+            "workdir": str(tmp_path / "work"),
+            "negatives": {"num_negatives": 3, "queries_file": "topics.tsv", "qrels_file": "qrels.txt"}}
+    config.write_text(yaml.safe_dump(base))
+    ctx = RunContext.open(load_config(config))
+    ctx.run_id = ctx.catalog.start_run("setup", "t", "-", "{}")
+    _publish_state(ctx, documents, captions, emb, queries.slice(0, 0))
+    first = run_mining(ctx)
+    neg = ctx.read("negatives")
+    top = neg.filter(pc.equal(neg["query_id"], "t0")).sort_by("rank")["neg_doc_id"][0].as_py()
+    assert first["queries_remined"] == 6 and first["queries_quarantined"] == 0
+    assert ctx.catalog.query("SELECT count(*) AS n FROM quarantine WHERE reason LIKE 'positive document is not%'"
+                             ).to_pylist() == [{"n": 1}]  # coco:999999, counted with its reason
+
+    # an assessor says t0's top negative answers it: import that label set, mine with the judge filter
+    source_id = dict(zip(documents["doc_id"].to_pylist(), documents["source_id"].to_pylist()))[top]
+    (tmp_path / "assessor.txt").write_text(f"t0 0 {source_id} 2\n")
+    Store.open(ctx.config.catalog_path).import_qrels([tmp_path / "assessor.txt"])
+    config.write_text(yaml.safe_dump(base | {"negatives": base["negatives"] | {"judge_filter": {"enabled": True}}}))
+    assert main(["mine", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "mined 6/6 queries (full)" in out and "index text: unchanged" in out
+    neg = ctx.read("negatives")
+    t0 = neg.filter(pc.equal(neg["query_id"], "t0"))
+    assert top not in t0["neg_doc_id"].to_pylist() and t0.num_rows == 3
+    assert all("judge_filter" in p for p in neg["policy"].to_pylist())
+    parents = {p["parent_name"] for p in ctx.catalog.lineage("negatives").to_pylist() if p["depth"] == 1}
+    assert "judgments" in parents
