@@ -18,6 +18,7 @@ from tasks.caption import caption_task
 from tasks.embed import embed_image_task, embed_text_task
 from tasks.index import index_task
 from tasks.ingest import ingest_task
+from tasks.judge import judge_task
 from tasks.negatives import mine_task
 from tasks.queries import queries_task
 from tasks.runtime.context import RunContext
@@ -41,6 +42,9 @@ def run_stages(ctx: RunContext) -> dict:
         refs.update(_configured(embed_image_task, cfg)(ctx, refs["documents"]))
     refs.update(_configured(queries_task, cfg)(ctx, refs["documents"], refs.get("captions"),
                                                refs.get("embeddings/text")))
+    if cfg.judge.enabled:
+        refs.update(_configured(judge_task, cfg)(ctx, refs.get("queries"), refs.get("embeddings/text")))
+        refs["queries"] = ctx.current("queries") or refs.get("queries")  # answerability may have updated it
     if cfg.tree.enabled:
         refs.update(_configured(tree_task, cfg)(ctx, refs["documents"], refs["embeddings/text"], refs.get("captions")))
     _configured(index_task, cfg)(ctx, refs)
