@@ -17,9 +17,9 @@ def passages() -> list[str]:
     return [" ".join(rng.choice(FALLBACK_WORDS) for _ in range(60)) for _ in range(2000)]
 
 
-def synthetic_texts(n: int, seed: int = 0) -> list[str]:
-    """n distinct texts: real passages, each variant given a distinct short prefix."""
-    base = passages()
+def synthetic_texts(n: int, seed: int = 0, max_words: int = 48) -> list[str]:
+    """n distinct texts: real passages cropped to caption/snippet length, each with a distinct prefix."""
+    base = [" ".join(p.split()[:max_words]) for p in passages()]
     rng = random.Random(seed)
     return [f"[{i}] {base[rng.randrange(len(base))]}" for i in range(n)]
 
