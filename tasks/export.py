@@ -307,8 +307,8 @@ def run_configs(catalog: Catalog, refs: list[DatasetVersion]) -> dict:
 
 def card_markdown(card: dict) -> str:
     lic = sorted({r["licence"] for r in card["licences"]})
-    lines = ["---", f"pretty_name: {card['name']} ({card['format']})",
-             "license: other" if len(lic) != 1 else f"license_name: {lic[0]}",
+    lines = ["---", f"pretty_name: {card['name']} ({card['format']})", "license: other",
+             "license_name: " + json.dumps("; ".join(lic)),
              "tags: [corpusforge, retrieval, hard-negatives]", "---", "",
              f"# {card['name']}: {card['format']} export v{card['version']}", "",
              f"Written by corpusforge at {card['created_at']} from catalog `{card['catalog']}`.", "",
@@ -372,6 +372,9 @@ def export(catalog: Catalog, root: DataRoot, fmt: str, out: str | Path, cfg: Exp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if card["counts"].get("images_missing"):
+        log.warning("export %s: %d images not found (pass the build config so the corpus root is known)",
+                    fmt, card["counts"]["images_missing"])
     log.info("export %s written to %s", fmt, final)
     return ExportResult(final, card)
 
