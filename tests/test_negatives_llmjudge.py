@@ -175,7 +175,9 @@ def test_false_negatives_filtered_with_human_qrels(llmjudge):
     assert filtered.negatives.num_rows > 0
     assert max(graded(filtered.negatives)) <= 1
     removed = filtered.report["removed"]
-    print(f"\nfalse-negative filter removed {removed} of {filtered.report['candidates_considered']} candidates; "
+    raw_false = sum(x >= 2 for x in graded(raw.negatives))
+    print(f"\nwithout the filter {raw_false} of {raw.negatives.num_rows} negative rows have human grade >= 2; "
+          f"the filter removed {removed} of {filtered.report['candidates_considered']} candidates; "
           f"queries short of 8 negatives: {filtered.report['queries_short']}")
     assert removed["judge_score"] + removed["judge_grade"] > 0
     # the recorded judge fields agree with the labels, and the policy names the filter
