@@ -16,7 +16,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-from infra.bench.corpora import synthetic_texts, write_config, write_manifest  # noqa: E402
+from infra.bench.corpora import FOUNDATION_ONLY, synthetic_texts, write_config, write_manifest  # noqa: E402
 
 
 def _stage_seconds(catalog: str, run_id: str, stages: tuple[str, ...] | None = None) -> dict[str, float]:
@@ -34,7 +34,7 @@ def bench_embed_flow(tmp: Path, n: int) -> None:
     texts = synthetic_texts(n, seed=1)
     corpus = tmp / "embed-corpus"
     write_manifest(corpus, texts)
-    config = write_config(tmp, corpus, tmp / "embed-work")
+    config = write_config(tmp, corpus, tmp / "embed-work", extra=FOUNDATION_ONLY)
 
     model = minilm()
     model.embed(texts[:64])  # warm-up, as the flow's actor does when it loads
@@ -60,7 +60,7 @@ def bench_refresh(tmp: Path, n: int) -> None:
     corpus = tmp / "refresh-corpus"
     write_manifest(corpus, texts[:n])
     work = tmp / "refresh-work"
-    on_ray = write_config(tmp, corpus, work)
+    on_ray = write_config(tmp, corpus, work, extra=FOUNDATION_ONLY)
 
     def run(config: Path) -> tuple[float, float, int]:
         t0 = time.perf_counter()
@@ -73,7 +73,7 @@ def bench_refresh(tmp: Path, n: int) -> None:
     noop_wall, noop, noop_calls = run(on_ray)
     write_manifest(corpus, texts[: n + step])
     _, delta, delta_calls = run(on_ray)
-    local = write_config(tmp / "local", corpus, work, extra="embed:\n  local_below: 1000\n")
+    local = write_config(tmp / "local", corpus, work, extra=FOUNDATION_ONLY + "embed:\n  local_below: 1000\n")
     write_manifest(corpus, texts)
     _, delta_local, _ = run(local)
     print(f"BENCH refresh noop_fraction={noop / full:.4f} delta1pct_fraction={delta / full:.4f} "
@@ -89,7 +89,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as d, prefect_test_harness(server_startup_timeout=120), ray_session():
         tmp = Path(d)
-        bench_embed_flow(tmp, int(os.environ.get("BENCH_EMBED_N", 10_000)))
+        if os.environ.get("BENCH_EMBED_N", "1") != "0":
+            bench_embed_flow(tmp, int(os.environ.get("BENCH_EMBED_N", 10_000)))
         bench_refresh(tmp, int(os.environ.get("BENCH_REFRESH_N", 20_000)))
 
 

@@ -32,6 +32,10 @@ def write_manifest(folder: Path, texts: list[str], name: str = "documents.jsonl"
     return folder / name
 
 
+FOUNDATION_ONLY = ("caption:\n  enabled: false\nqueries:\n  enabled: false\ntree:\n  enabled: false\n"
+                   "negatives:\n  enabled: false\n")
+
+
 def write_config(folder: Path, corpus: Path, workdir: Path, extra: str = "") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     cfg = folder / "config.yaml"
