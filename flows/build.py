@@ -7,9 +7,6 @@ interleave: the second waits, then fails with a message naming the holder.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -108,8 +105,3 @@ def _artifacts(ctx: RunContext, failed: str | None = None) -> None:
     lines += [f"| {r['stage']} | {r['reason'].replace('|', '/')} | {r['n']} |" for r in q] or ["| - | none | 0 |"]
     create_markdown_artifact(key="build-quarantine", markdown="\n".join(lines),
                              description="Quarantined rows of this run, by reason")
-
-
-def default_config_path() -> str | None:
-    env = os.environ.get("CORPUSFORGE_CONFIG")
-    return env if env and Path(env).exists() else None

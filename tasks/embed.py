@@ -162,14 +162,16 @@ def embed_items(stage: str, items: pa.Table, space: str, stage_fp: str, cache: W
     keys = [cache_key(c, stage_fp) for c in items["content_sha256"].to_pylist()]
     items = items.append_column(KEY, pa.array(keys, pa.string()))
     unique_keys = pc.unique(items[KEY])
-    _, missing = cache.lookup(unique_keys)
+    cached, missing = cache.lookup(unique_keys)
     todo_mask = pc.is_in(items[KEY], value_set=pa.array(sorted(missing), pa.string()))
     todo = items.filter(todo_mask)
     first = pc.index_in(todo[KEY], value_set=pc.unique(todo[KEY]))
     _, first_rows = np.unique(first.to_numpy(), return_index=True)
     todo = todo.take(pa.array(first_rows)) if todo.num_rows else todo
     computed = compute(todo, cache) if todo.num_rows else 0
-    cached, still_missing = cache.lookup(unique_keys)
+    still_missing: set[str] = set()
+    if computed or missing:  # only new shards need a second read of the cache
+        cached, still_missing = cache.lookup(unique_keys)
     if still_missing:
         raise RuntimeError(f"{stage}: {len(still_missing)} items were sent to the model but came back "
                            "without a vector; the actor pool lost work")
