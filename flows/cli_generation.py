@@ -5,6 +5,8 @@
 """
 from __future__ import annotations
 
+from tasks.runtime.publish import data_path
+
 
 def _current(args, name: str):
     from flows.cli import open_catalog
@@ -21,15 +23,15 @@ def cmd_queries(args) -> int:
 
     cat, ds = _current(args, "queries")
     if args.summary:
-        from tasks.queries import summary
+        from tasks.queries.stage import summary
 
-        table = cat.query("SELECT * FROM read_parquet(?)", [ds.path])
+        table = cat.query("SELECT * FROM read_parquet(?)", [data_path(ds.path)])
         s = summary(table)
         print(f"queries v{ds.version}: {table.num_rows} candidates")
         print_table([{"target": t} | c for t, c in s["per_target"].items()], args.format)
         print_table([{"filter": f} | r for f, r in s["filters"].items()], args.format)
         return 0
-    where, params = ["true"], [ds.path]
+    where, params = ["true"], [data_path(ds.path)]
     if args.target:
         where.append("target_modality = ?")
         params.append(args.target)
@@ -49,7 +51,7 @@ def cmd_captions(args) -> int:
     from flows.cli import print_table
 
     cat, ds = _current(args, "captions")
-    where, params = "true", [ds.path]
+    where, params = "true", [data_path(ds.path)]
     if args.source:
         where = "source = ?"
         params.append(args.source)

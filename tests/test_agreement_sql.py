@@ -3,7 +3,6 @@ clamping, ensembles, the disagreement queue, export round trip and system-rank c
 from __future__ import annotations
 
 import json
-import time
 
 import ir_measures
 import numpy as np
@@ -14,9 +13,8 @@ from scipy.stats import kendalltau, spearmanr
 from sklearn.metrics import cohen_kappa_score
 
 from schemas.tables import JUDGMENTS
-from tasks.judgments import analysis, trec_io
-from tasks.judgments.store import Store
-from tasks.runtime.accounting import StageOutput
+from tasks.judge import analysis, trec_io
+from tests.stages import Judgments
 
 
 def rows(judge, labels, status=None):
@@ -31,14 +29,12 @@ def rows(judge, labels, status=None):
 
 
 def publish(store, rws):
-    t = pa.Table.from_pylist(rws, schema=JUDGMENTS)
-    out = StageOutput("judge", {}, rows_in=t.num_rows, rows_out=t.num_rows)
-    store.publish_judgments(t, out, run_id=None, fingerprint_=None, started=time.perf_counter())
+    store.publish(pa.Table.from_pylist(rws, schema=JUDGMENTS))
 
 
 @pytest.fixture()
 def store(tmp_path):
-    return Store.open(tmp_path / "catalog.duckdb")
+    return Judgments(tmp_path / "catalog.duckdb")
 
 
 def test_pairs_need_both_grades_and_parse_errors_never_count(store):
@@ -125,7 +121,7 @@ def test_reimporting_a_judge_replaces_only_its_rows(store, tmp_path):
     assert first.published and not again.published  # same content: no new version
     (tmp_path / "llm.txt").write_text("q1 0 d1 0\nq1 0 d2 1\nbroken line\n")
     third = store.import_qrels([tmp_path / "llm.txt"])
-    assert third.published and third.quarantined == 1 and third.dataset.version == 2
+    assert third.published and third.quarantined == 1 and third.versions == {"judgments/llm": 2}
     labels = store.catalog.query("SELECT judge, doc_id, grade FROM judgments ORDER BY ALL").to_pylist()
     assert [(r["judge"], r["doc_id"], r["grade"]) for r in labels] == [
         ("human", "d1", 2), ("human", "d2", 0), ("llm", "d1", 0), ("llm", "d2", 1)]

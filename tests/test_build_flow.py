@@ -70,6 +70,36 @@ def test_build_publishes_counts_and_accounts_for_every_row(first_build):
     assert parents == {"documents", "captions"}
 
 
+def test_prefect_edges_follow_the_declared_inputs(first_build):
+    """Each stage's task run lists the upstream task runs that produced the datasets it reads."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from tasks.runtime.catalog import Catalog
+
+    _, _, result = first_build
+    flow_run_id = Catalog(result["catalog"]).query("SELECT prefect_flow_run_id FROM runs WHERE run_id = ?",
+                                                   [result["run_id"]]).column(0)[0].as_py()
+
+    async def fetch():
+        async with get_client() as client:
+            return await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+    runs = asyncio.run(fetch())
+    name_of = {str(r.id): r.name for r in runs}
+    upstream = {r.name: {name_of.get(str(i.id)) for inputs in r.task_inputs.values() for i in inputs
+                         if getattr(i, "input_type", "") == "task_run"} for r in runs}
+    assert upstream["ingest"] == set()
+    assert upstream["caption"] == {"ingest"}
+    assert upstream["embed_text"] == {"ingest", "caption"}
+    assert upstream["index"] == {"ingest", "caption", "embed_text"}
+    assert upstream["queries"] == {"ingest", "caption", "index"}
+    assert {"queries", "ingest", "index"} <= upstream["judge"]
+    assert {"ingest", "queries", "index", "judge"} <= upstream["negatives"]
+
+
 def test_build_writes_prefect_artifacts(first_build):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
@@ -95,10 +125,17 @@ def test_rerun_does_no_model_work_and_adding_documents_embeds_exactly_those(firs
     from flows.build import build
 
     tmp, config, first = first_build
-    again = build(config_path=str(config))
+    # resources are never fingerprinted: other batch sizes, pools and devices change nothing
+    resized = make_config(tmp, embed={"text": {"batch_size": 7}, "cpus_per_actor": 0.5, "device": "cpu"},
+                          judge={"enabled": True, "batch_size": 3, "actors": 2, "local_below": 5},
+                          queries={"batch_size": 2}, index={"search_batch": 5}, negatives={"query_batch": 3})
+    again = build(config_path=str(resized))
     stages = stage_rows(again["catalog"], again["run_id"])
     assert {name: s["model_calls"] for name, s in stages.items() if s["model_calls"]} == {}  # no stage did model work
     assert again["datasets"] == first["datasets"]  # no new versions for unchanged content
+    before = stage_rows(first["catalog"], first["run_id"])
+    assert {n: s["fingerprint"] for n, s in stages.items()} == {n: s["fingerprint"] for n, s in before.items()}
+    config = make_config(tmp)
 
     manifest = tmp / "corpus" / "documents.jsonl"
     new = [{"id": f"new-{i}", "text": f"Fresh note number {i} about harbour cranes."} for i in range(4)]

@@ -14,15 +14,29 @@ import pyarrow.parquet as pq
 import pytest
 
 from schemas.config import ExportConfig
-from tasks.export import FORMATS, export
-from tests.test_negatives import _ctx, _publish_state, sample  # noqa: F401 - the sample corpus fixture
+from tasks.export.stage import FORMATS, Export
+from tests.stages import run_one
+from tests.test_negatives import _ctx, _publish_state, run_mining, sample  # noqa: F401 - the sample corpus fixture
+
+
+class Exported:
+    def __init__(self, notes):
+        self.path, self.card = Path(notes["path"]), notes["card"]
+
+
+def export(ctx, fmt: str, out, cfg: ExportConfig | None = None, *, name: str = "corpus", corpus_root=None):
+    """One export through the export stage, as its own recorded run."""
+    config = ctx.config.model_copy(update={"export": cfg or ExportConfig()})
+    if corpus_root is not None:
+        config = config.model_copy(update={"corpus": config.corpus.model_copy(update={"root": str(corpus_root)})})
+    _, summary = run_one(config, Export(config, format=fmt, out=str(out), name=name))
+    return Exported(summary["notes"])
 
 
 @pytest.fixture(scope="module")
 def mined(sample, tmp_path_factory):  # noqa: F811
     """A catalog with the sample corpus indexed, negatives mined, and a small judge label set."""
-    from tasks.negatives import run_mining
-    from tasks.runtime.publish import publish
+    from tasks.judge.stage import label_set
 
     documents, captions, emb, queries = sample
     ctx = _ctx(tmp_path_factory.mktemp("export"), num_negatives=3)
@@ -35,14 +49,14 @@ def mined(sample, tmp_path_factory):  # noqa: F811
                   "grade": pa.array([r[2] for r in rows], pa.int8()),
                   "p_grade": pa.array([None] * 12, pa.list_(pa.float32(), 4)),
                   "expected_grade": pa.array([None] * 12, pa.float32()), "status": ["ok"] * 12, "raw": [None] * 12})
-    publish(ctx.catalog, ctx.root, "judgments", j)
+    ctx.put(label_set("human one"), j)
     return ctx, documents, captions, queries
 
 
 def texts_of(documents, captions) -> dict[str, str]:
-    from tasks.export import doc_texts
+    from tasks.corpus import document_texts
 
-    return doc_texts(documents, captions)
+    return {d: t for d, t in document_texts(documents, captions).items() if t}
 
 
 def test_sentence_transformers_export_trains_minilm(mined, tmp_path, minilm):
@@ -51,7 +65,7 @@ def test_sentence_transformers_export_trains_minilm(mined, tmp_path, minilm):
     from sentence_transformers.losses import MultipleNegativesRankingLoss
 
     ctx, documents, captions, queries = mined
-    res = export(ctx.catalog, ctx.root, "sentence-transformers", tmp_path, ExportConfig(), name="sample")
+    res = export(ctx, "sentence-transformers", tmp_path, ExportConfig(), name="sample")
     files = sorted(str(p) for p in (res.path / "data").glob("*.parquet"))
     ds = load_dataset("parquet", data_files=files, split="train")
     assert ds.column_names == ["anchor", "positive", "negative_1", "negative_2", "negative_3"]
@@ -89,7 +103,7 @@ def test_sentence_transformers_export_trains_minilm(mined, tmp_path, minilm):
     assert not np.allclose(start.numpy(), model[0].auto_model.embeddings.word_embeddings.weight.detach().numpy())
     assert hashlib.sha256((src / "model.safetensors").read_bytes()).hexdigest() == before
 
-    scored = export(ctx.catalog, ctx.root, "sentence-transformers", tmp_path,
+    scored = export(ctx, "sentence-transformers", tmp_path,
                     ExportConfig(scores=True, num_negatives=2), name="sample")
     t = pq.read_table(scored.path / "data" / "train-00000-of-00001.parquet")
     assert t.column_names == ["anchor", "positive", "negative_1", "negative_2", "scores"]
@@ -103,7 +117,7 @@ def test_sentence_transformers_export_trains_minilm(mined, tmp_path, minilm):
 
 def test_flagembedding_jsonl_follows_its_schema(mined, tmp_path):
     ctx, documents, captions, queries = mined
-    res = export(ctx.catalog, ctx.root, "flagembedding", tmp_path, ExportConfig(prompt="Represent this query: "),
+    res = export(ctx, "flagembedding", tmp_path, ExportConfig(prompt="Represent this query: "),
                  name="sample")
     lines = [json.loads(line) for line in (res.path / "train.jsonl").read_text().splitlines()]
     assert len(lines) == queries.num_rows == res.card["counts"]["rows"]
@@ -125,7 +139,7 @@ def test_mbeir_queries_pool_and_images(mined, tmp_path):
     from schemas.config import load_config
 
     root = load_config(SAMPLE_CONFIG).corpus_root
-    res = export(ctx.catalog, ctx.root, "mbeir", tmp_path, ExportConfig(), name="sample", corpus_root=root)
+    res = export(ctx, "mbeir", tmp_path, ExportConfig(), name="sample", corpus_root=root)
     pool = [json.loads(x) for x in (res.path / "candidates.jsonl").read_text().splitlines()]
     qs = [json.loads(x) for x in (res.path / "queries.jsonl").read_text().splitlines()]
     assert len(pool) == documents.num_rows and len(qs) == queries.num_rows
@@ -149,7 +163,7 @@ def test_trec_and_parquet_exports_and_the_card(mined, tmp_path):
     import ir_measures
 
     ctx, documents, captions, queries = mined
-    trec = export(ctx.catalog, ctx.root, "trec", tmp_path, ExportConfig(licenses={"manifest:documents.jsonl": "CC0-1.0"}),
+    trec = export(ctx, "trec", tmp_path, ExportConfig(licenses={"manifest:documents.jsonl": "CC0-1.0"}),
                   name="sample")
     qrels = list(ir_measures.read_trec_qrels(str(trec.path / "qrels" / "human_one.txt")))
     assert len(qrels) == 12 and sorted({q.relevance for q in qrels}) == [0, 1, 2, 3]
@@ -162,7 +176,7 @@ def test_trec_and_parquet_exports_and_the_card(mined, tmp_path):
 
     card = trec.card
     names = {s["name"] for s in card["sources"]}
-    assert {"negatives", "judgments", "candidates/mining", "queries", "documents", "embeddings/text"} <= names
+    assert {"negatives", "judgments/human_one", "candidates/mining", "queries", "documents", "indexes/text"} <= names
     lic = {(r["source"], r["licence"]) for r in card["licences"]}
     assert ("coco_captions:captions_coco.json", "Attribution License") in lic
     assert ("manifest:documents.jsonl", "CC0-1.0") in lic
@@ -170,21 +184,18 @@ def test_trec_and_parquet_exports_and_the_card(mined, tmp_path):
     assert "| negatives | v1 |" in md and "Attribution-ShareAlike License" in md
     assert json.loads((trec.path / "card.json").read_text())["format"] == "trec"
 
-    parquet = export(ctx.catalog, ctx.root, "parquet", tmp_path, name="sample")
+    parquet = export(ctx, "parquet", tmp_path, name="sample")
     current = ctx.catalog.query("SELECT name, row_count FROM datasets WHERE is_current").to_pylist()
     for r in current:
         assert pq.read_metadata(parquet.path / f"{r['name'].replace('/', '__')}.parquet").num_rows == r["row_count"]
     assert not list(tmp_path.glob(".tmp-*"))
     with pytest.raises(ValueError, match="unknown export format"):
-        export(ctx.catalog, ctx.root, "csv", tmp_path)
+        export(ctx, "csv", tmp_path)
 
 
 def test_export_needs_negatives(tmp_path):
-    from tasks.runtime.catalog import Catalog
-    from tasks.runtime.storage import DataRoot
-
     with pytest.raises(LookupError, match="needs mined negatives"):
-        export(Catalog(tmp_path / "c.duckdb"), DataRoot(str(tmp_path / "d")), "flagembedding", tmp_path / "o")
+        export(_ctx(tmp_path), "flagembedding", tmp_path / "o")
     assert set(FORMATS) == {"flagembedding", "sentence-transformers", "mbeir", "trec", "parquet"}
 
 

@@ -8,10 +8,16 @@ import pyarrow as pa
 import pytest
 
 from schemas.config import IndexConfig
-from tasks.index import (IndexStore, LexicalIndex, VectorIndex, build_faiss, lexical_texts, plan_index,
-                         refresh_vector_index, run_index, search)
+from tasks.index.lexical import LexicalIndex, lexical_texts
+from tasks.index.plan import build_faiss, plan_index
+from tasks.index.search import search
+from tasks.index.stage import Index
+from tasks.index.store import IndexStore
+from tasks.index.vector import VectorIndex, refresh_vector_index
 from tasks.runtime.catalog import Catalog
 from tasks.runtime.storage import DataRoot
+from tasks.runtime.write import seed
+from tests.stages import run_one
 
 SPACE = "test-space@1"
 
@@ -129,7 +135,7 @@ def test_store_publishes_versions_atomically_and_round_trips(tmp_path):
     x = clustered(600)
     for kind in ("flat", "hnsw", "ivf_pq"):
         vi = refresh_vector_index(kind, embeddings(x), None, IndexConfig(type=kind, pq_bits=5)).index
-        store.publish(vi, "built", source_name="embeddings/t", source_version=1)
+        seed(catalog, root, f"indexes/{kind}", vi.to_output("built"))
         back = store.load_vector(kind)
         assert back.type == kind and back.count == 600 and list(back.docs) == list(vi.docs)
         s1, d1 = vi.search_docs(x[:7], 5)
@@ -138,7 +144,7 @@ def test_store_publishes_versions_atomically_and_round_trips(tmp_path):
     vi = store.load_vector("flat")
     vi.add(embeddings(clustered(5, seed=9), doc_ids=[f"n{i}" for i in range(5)]).select(
         ["item_id", "item_kind", "doc_id", "content_sha256"]), clustered(5, seed=9))
-    assert store.publish(vi, "added", source_name="embeddings/t", source_version=2) == 2
+    assert seed(catalog, root, "indexes/flat", vi.to_output("added")).version == 2
     rows = catalog.query("SELECT name, version, is_current, count, action FROM indexes WHERE name='flat' ORDER BY version").to_pylist()
     assert [(r["version"], r["is_current"], r["count"], r["action"]) for r in rows] == [(1, False, 600, "built"), (2, True, 605, "added")]
     assert store.items_of("flat", 1).num_rows == 600 and store.items_of("flat", 2).num_rows == 605
@@ -157,34 +163,37 @@ CAPTIONS = pa.table({"doc_id": ["b", "c"], "text": ["tourists on an open-top bus
 def test_bm25_covers_texts_alt_text_and_captions(tmp_path):
     texts = lexical_texts(DOCS, CAPTIONS)
     assert dict(zip(texts["doc_id"].to_pylist(), texts["text"].to_pylist()))["b"] == \
-        "a red double-decker bus in London\ntourists on an open-top bus"
+        "[Image: tourists on an open-top bus]\n[Image: a red double-decker bus in London]"  # the one rule
     lex = LexicalIndex.build(texts, IndexConfig())
     s, d = lex.search(["bus tourists", "giraffe", "zebra crossing"], 3)
     assert lex.docs[d[0, 0]] == "b" and lex.docs[d[1, 0]] == "c"
     assert (d[2] == -1).all() and np.isinf(s[2]).all()  # nothing shares a word: no fake matches
     assert (d[0, 1:] == -1).all()  # only one document mentions buses
-    root = DataRoot(str(tmp_path))
-    lex.save(root, root.path("bm25"))
-    back = LexicalIndex.load(root, root.path("bm25"))
+    catalog, root = Catalog(tmp_path / "c.duckdb"), DataRoot(str(tmp_path))
+    seed(catalog, root, "indexes/bm25", lex.to_output())
+    back = IndexStore(catalog, root).load_lexical()
     s2, d2 = back.search(["bus tourists", "giraffe"], 3)
     assert np.array_equal(d[:2], d2) and np.allclose(s[:2], s2)
 
 
 # ---- the stage and the search API on a real catalog ----------------------------------------------
-def _publish(ctx, name, table, parents=()):
-    from tasks.runtime.publish import publish
+def _publish(cfg, name, table, parents=()):
+    from tests.stages import seed as put
 
-    return publish(ctx.catalog, ctx.root, name, table, parents=list(parents)).dataset
+    return put(cfg, name, table, parents)
 
 
 @pytest.fixture()
 def ctx(tmp_path):
     from schemas.config import config_from_dict
-    from tasks.runtime.context import RunContext
 
-    cfg = config_from_dict({"corpus": {"root": str(tmp_path), "sources": [{"kind": "manifest", "path": "x"}]},
-                            "workdir": str(tmp_path / "work")})
-    return RunContext.open(cfg)
+    return config_from_dict({"corpus": {"root": str(tmp_path), "sources": [{"kind": "manifest", "path": "x"}]},
+                             "workdir": str(tmp_path / "work")})
+
+
+def run_index(cfg) -> dict:
+    refs, summary = run_one(cfg, Index(cfg))
+    return {name: s | {"version": refs[f"indexes/{name}"].version} for name, s in summary["notes"].items()}
 
 
 def _docs(texts: dict[str, str]) -> pa.Table:
@@ -216,19 +225,19 @@ def test_index_stage_builds_refreshes_and_searches(ctx, minilm):
         return embeddings(vecs, doc_ids=list(texts), space=minilm.name, contents=list(texts.values()))
 
     docs1 = _publish(ctx, "documents", _docs(dict(list(TEXTS.items())[:3])))
-    e1 = _publish(ctx, TEXT_DATASET, emb(dict(list(TEXTS.items())[:3])), [docs1])
-    first = run_index(ctx, [e1], docs1)
+    _publish(ctx, TEXT_DATASET, emb(dict(list(TEXTS.items())[:3])), [docs1])
+    first = run_index(ctx)
     assert first["text"]["action"] == "built" and first["text"]["count"] == 3 and first["bm25"]["action"] == "built"
-    again = run_index(ctx, [e1], docs1)
+    again = run_index(ctx)
     assert again["text"]["action"] == "unchanged" and again["bm25"]["action"] == "unchanged"
 
     docs2 = _publish(ctx, "documents", _docs(TEXTS))
-    e2 = _publish(ctx, TEXT_DATASET, emb(TEXTS), [docs2])
-    grown = run_index(ctx, [e2], docs2)
+    _publish(ctx, TEXT_DATASET, emb(TEXTS), [docs2])
+    grown = run_index(ctx)
     assert grown["text"]["action"] == "added" and grown["text"]["count"] == 4 and grown["text"]["version"] == 2
     assert grown["bm25"]["action"] == "built" and grown["bm25"]["version"] == 2
 
-    store = IndexStore(ctx.catalog, ctx.root)
+    store = IndexStore(Catalog(ctx.catalog_path), DataRoot(ctx.data_root_uri))
     hits = search(store, "a tall animal with a long neck", k=2)
     assert hits["doc_id"][0].as_py() == "0" * 31 + "1" and hits.num_rows == 2
     assert hits["score"][0].as_py() > hits["score"][1].as_py()

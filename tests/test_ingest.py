@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from schemas.config import IngestConfig, Source, load_config
-from tasks.ingest import ingest_corpus
+from tasks.ingest.stage import ingest_corpus
 from tests.conftest import COCO, SAMPLE_CONFIG
 
 GOOD_JPEG = next((COCO / "images" / "val2017").glob("*.jpg"))
@@ -79,7 +79,7 @@ def test_every_bad_image_is_quarantined_with_its_reason(bad_corpus):
     assert "unrecognised image format" in r["images/notes.txt"]
     assert "unsupported image format PPM" in r["images/tiny.ppm"]
     assert "escapes the corpus root" in r["images/link-out.jpg"] and "symlink" in r["images/link-out.jpg"]
-    docs = out.tables["documents"]
+    docs = out.table("documents")
     assert docs["image_uri"].to_pylist() == ["images/good.jpg"]
     assert docs["modality"].to_pylist() == ["image"]
     assert docs["image_width"][0].as_py() > 0
@@ -98,7 +98,7 @@ def test_manifest_problems_are_quarantined_and_duplicates_counted(bad_corpus):
     assert r["docs.jsonl:10"] == "image file not found: images/missing.jpg"
     assert r["docs.jsonl:12"] == "record has neither text nor an image"
     assert out.rows_deduplicated == 1  # "a-copy" is the same content as "a"
-    docs = {d["source_id"]: d for d in out.tables["documents"].to_pylist()}
+    docs = {d["source_id"]: d for d in out.table("documents").to_pylist()}
     assert set(docs) == {"a", "b", "pic"}
     assert docs["pic"]["modality"] == "interleaved"
     assert docs["b"]["text"] == "First version of b."
@@ -119,10 +119,10 @@ def test_parquet_manifest_and_pil_bomb_guard(tmp_path):
 
 
 def test_ids_are_content_addresses_and_stable(bad_corpus, tmp_path):
-    a = run(bad_corpus, [{"kind": "manifest", "path": "docs.jsonl"}]).tables["documents"]
+    a = run(bad_corpus, [{"kind": "manifest", "path": "docs.jsonl"}]).table("documents")
     moved = tmp_path / "elsewhere"
     shutil.copytree(bad_corpus, moved, symlinks=True)
-    b = run(moved, [{"kind": "manifest", "path": "docs.jsonl"}]).tables["documents"]
+    b = run(moved, [{"kind": "manifest", "path": "docs.jsonl"}]).table("documents")
     assert sorted(a["doc_id"].to_pylist()) == sorted(b["doc_id"].to_pylist())
     assert all(len(i) == 32 for i in a["doc_id"].to_pylist())
 
@@ -130,7 +130,7 @@ def test_ids_are_content_addresses_and_stable(bad_corpus, tmp_path):
 def test_sample_corpus_mix_and_quarantine():
     cfg = load_config(SAMPLE_CONFIG)
     out = ingest_corpus(cfg.corpus_root, cfg.corpus.sources, cfg.ingest)
-    docs = out.tables["documents"]
+    docs = out.table("documents")
     modalities = docs["modality"].to_pylist()
     assert {m: modalities.count(m) for m in set(modalities)} == {"image": 8, "text": 10, "interleaved": 9}
     assert out.rows_quarantined == 3 and out.rows_deduplicated == 1

@@ -9,10 +9,13 @@ import pytest
 
 from schemas.config import config_from_dict
 from schemas.tables import DOCUMENTS, QUERIES, embeddings_schema
-from tasks import judge as J
-from tasks.runtime.context import RunContext
+from tasks.index.stage import Index
+from tasks.judge.stage import Judge
+from tasks.queries.answerability import Answerability
+from tasks.queries.stage import usable_queries
 from tasks.runtime.ids import record_id
-from tasks.runtime.publish import publish
+from tasks.runtime.lifecycle import Run
+from tests.stages import run_one, seed
 
 NAMES = ["d_bounty", "d_teeth", "d_smoke", "d_bus"]
 ID = {n: record_id(n) for n in NAMES}  # documents carry content-style ids
@@ -32,18 +35,16 @@ def _queries() -> pa.Table:
     for qid, (did, text) in QUERIES_.items():
         rows.append({"query_id": qid, "doc_id": ID[did], "target_modality": "text", "text": text, "generator": "test",
                      "prompt_version": "v1", "source_text": DOCS[did], "pass_length": True, "pass_copy": True,
-                     "pass_dedup": True, "pass_roundtrip": True, "pass_answerable": None, "copy_overlap": 0.0,
+                     "pass_dedup": True, "pass_roundtrip": True, "copy_overlap": 0.0,
                      "roundtrip_rank": 1, "passed": True, "reject_reason": None})
     return pa.Table.from_pylist(rows, schema=QUERIES)
 
 
 @pytest.fixture()
-def ctx(tmp_path, minilm):
+def cfg(tmp_path, minilm):
     cfg = config_from_dict({"corpus": {"root": str(tmp_path), "sources": [{"kind": "manifest", "path": "x.jsonl"}]},
                             "workdir": str(tmp_path / "work"),
                             "judge": {"enabled": True, "top_k": 2, "answerability": True, "local_below": 1000}})
-    c = RunContext.open(cfg)
-    c.run_id = c.catalog.start_run("build", cfg.name, "fp", "{}")
     docs = pa.Table.from_pylist([{"doc_id": ID[d], "modality": "text", "text": t, "source": "test"}
                                  for d, t in DOCS.items()], schema=DOCUMENTS)
     vec = minilm.embed(list(DOCS.values()))
@@ -53,15 +54,19 @@ def ctx(tmp_path, minilm):
                     "space": [minilm.name] * 4,
                     "vector": pa.FixedSizeListArray.from_arrays(pa.array(vec.ravel()), vec.shape[1])})
     for name, table in (("documents", docs), ("queries", _queries()), ("embeddings/text", emb)):
-        publish(c.catalog, c.root, name, table.cast(embeddings_schema(vec.shape[1])) if name.startswith("emb") else table)
-    return c
+        seed(cfg, name, table.cast(embeddings_schema(vec.shape[1])) if name.startswith("emb") else table)
+    run_one(cfg, Index(cfg))
+    return cfg
 
 
-def test_judge_stage_judges_topk_and_records_answerability(ctx):
-    refs = J.judge_task.fn(ctx)
-    assert set(refs) == {"judgments", "queries"}
-    name = {v: k for k, v in ID.items()}
-    j = [r | {"doc_id": name[r["doc_id"]]} for r in ctx.read("judgments").to_pylist()]
+def test_judge_stage_judges_topk_and_answerability_is_its_own_dataset(cfg):
+    judge = Judge(cfg)
+    refs, stage = run_one(cfg, judge)
+    name = judge.outputs()[0]
+    assert set(refs) == {name} and name.startswith("judgments/offline-cosine")
+    run = Run.open(cfg)
+    by = {v: k for k, v in ID.items()}
+    j = [r | {"doc_id": by[r["doc_id"]]} for r in run.read(name).to_pylist()]
     pairs = {(r["query_id"], r["doc_id"]) for r in j}
     assert len(j) == len(pairs) and {r["status"] for r in j} == {"ok"}
     assert ("q_bounty", "d_bounty") in pairs and ("q_smoke", "d_smoke") in pairs  # top-k found them
@@ -70,28 +75,29 @@ def test_judge_stage_judges_topk_and_records_answerability(ctx):
     bounty = {d: e for (q, d), e in expected.items() if q == "q_bounty"}
     assert len(bounty) == 2 and max(bounty, key=bounty.get) == "d_bounty"
     grade = {(r["query_id"], r["doc_id"]): r["grade"] for r in j}
-    q = {r["query_id"]: r for r in ctx.read("queries").to_pylist()}
     assert grade[("q_smoke", "d_bus")] < 2
-    assert q["q_smoke"]["pass_answerable"] is False and q["q_smoke"]["passed"] is False
-    assert "answerable" in q["q_smoke"]["reject_reason"]
+    lineage = run.catalog.lineage(name).to_pylist()
+    assert {"documents", "queries", "indexes/text"} <= {r["parent_name"] for r in lineage}
+    # the three queries were embedded once (through the embed cache), the pairs judged once
+    assert (stage["rows_in"], stage["rows_out"], stage["model_calls"], stage["cache_hits"]) == (
+        len(j), len(j), len(j) + 3, 0)
+
+    refs_a, _ = run_one(cfg, Answerability(cfg))
+    verdict = {r["query_id"]: r for r in run.read("query_answerability").to_pylist()}
     for qid, (did, _) in QUERIES_.items():
-        assert q[qid]["pass_answerable"] is (grade[(qid, did)] >= 2)
-    lineage = ctx.catalog.lineage("judgments").to_pylist()
-    assert {"documents", "queries", "embeddings/text"} <= {r["parent_name"] for r in lineage}
+        assert verdict[qid]["pass_answerable"] is (grade[(qid, did)] >= 2)
+    assert verdict["q_smoke"]["pass_answerable"] is False
+    usable = usable_queries(run.read("queries"), run.read("query_answerability"))
+    assert "q_smoke" not in usable["query_id"].to_pylist()
+    assert run.read("queries").num_rows == 3  # the queries dataset has one writer: it was not rewritten
 
-    stage = ctx.catalog.query("SELECT rows_in, rows_out, model_calls, cache_hits FROM stage_runs "
-                              "WHERE stage = 'judge'").to_pylist()
-    assert stage == [{"rows_in": len(j), "rows_out": len(j), "model_calls": len(j), "cache_hits": 0}]
-    again = J.judge_task.fn(ctx)
-    assert again["judgments"].version == refs["judgments"].version  # nothing new to publish
-    second = ctx.catalog.query("SELECT model_calls, cache_hits FROM stage_runs WHERE stage = 'judge' "
-                               "ORDER BY started_at DESC LIMIT 1").to_pylist()[0]
-    assert second == {"model_calls": 0, "cache_hits": len(j)}
-    agree = ctx.catalog.query("SELECT count(*) AS n FROM judgment_label_distribution").to_pylist()
-    assert agree[0]["n"] >= 1  # the SQL views see the published judgments
+    again_refs, again = run_one(cfg, Judge(cfg))
+    assert again_refs[name].version == refs[name].version  # nothing new to publish
+    assert (again["model_calls"], again["cache_hits"]) == (0, len(j) + 3)
+    agree = run.catalog.query("SELECT count(*) AS n FROM judgment_label_distribution").to_pylist()
+    assert agree[0]["n"] >= 1  # the SQL views see the published label set
 
 
-def test_disabled_judge_stage_does_nothing(ctx):
-    ctx.config.judge.enabled = False
-    assert J.judge_task.fn(ctx) == {}
-    assert ctx.current("judgments") is None
+def test_disabled_judge_stage_is_skipped_by_the_build(cfg):
+    off = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"enabled": False})})
+    assert not Judge(off).enabled() and not Answerability(off).enabled()

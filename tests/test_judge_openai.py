@@ -12,10 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pyarrow as pa
 import pytest
 
-from schemas.config import JudgeConfig
-from tasks import judge as J
-from tasks.judgments import analysis
-from tasks.judgments.store import Store
+from schemas.config import JudgeConfig, catalog_config
+from tasks.judge import analysis, scoring as J
 
 
 class JudgeServer:
@@ -134,20 +132,30 @@ def test_forced_generate_scoring_never_asks_for_logprobs(server):
 
 
 def test_parse_errors_publish_with_null_grades_and_stay_out_of_agreement(server, tmp_path):
-    store = Store.open(tmp_path / "catalog.duckdb")
+    from flows.imports import import_qrels
+    from tasks.judge.stage import Judge
+    from tests.stages import run_one
+
+    cfg = catalog_config(tmp_path / "catalog.duckdb", judge=cfg_for(server).model_dump())
     (tmp_path / "human.txt").write_text("q0 0 d0 2\nq1 0 d1 1\nq2 0 d2 0\n")
-    store.import_qrels([tmp_path / "human.txt"])
-    cfg = cfg_for(server)
-    pool = J.Pool(pairs(["LOGPROBS[2] a", "REPLY[no idea] b", "REPLY[0] c"]), J.Quarantine("judge"), 3, 0, [])
-    summary = J.run_judge_stage(store, pool, cfg, run_id=None, compute=J.in_process_compute(cfg))
-    assert summary["statuses"] == {"ok": 2, "parse_error": 1, "refused": 0, "error": 0}
-    rows = store.catalog.query("SELECT query_id, grade, status FROM judgments WHERE judge = ? ORDER BY query_id",
-                               [summary["judge"]]).to_pylist()
+    import_qrels(cfg, [tmp_path / "human.txt"])
+    (tmp_path / "topics.tsv").write_text("q0\tLOGPROBS[2] a\nq1\tREPLY[no idea] b\nq2\tREPLY[0] c\n")
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"docid": f"d{i}", "doc": "some passage text"}) + "\n"
+                                                 for i in range(3)))
+    files = {"pairs": str(tmp_path / "human.txt"), "queries": str(tmp_path / "topics.tsv"),
+             "docs": str(tmp_path / "docs.jsonl")}
+    _, summary = run_one(cfg, Judge(cfg, **files))
+    assert summary["notes"]["statuses"] == {"ok": 2, "parse_error": 1, "refused": 0}
+    from tasks.runtime.catalog import Catalog
+
+    catalog = Catalog(cfg.catalog_path)
+    rows = catalog.query("SELECT query_id, grade, status FROM judgments WHERE judge = ? ORDER BY query_id",
+                         [summary["notes"]["judge"]]).to_pylist()
     assert rows[1] == {"query_id": "q1", "grade": None, "status": "parse_error"}
-    agree = analysis.agreement(store.catalog, "human").to_pylist()
+    agree = analysis.agreement(catalog, "human").to_pylist()
     assert agree[0]["n_pairs"] == 2 and agree[0]["kappa"] == pytest.approx(1.0)
     before = len(server.requests)
-    again = J.run_judge_stage(store, pool, cfg, run_id=None, compute=J.in_process_compute(cfg))
+    _, again = run_one(cfg, Judge(cfg, **files))
     assert again["cache_hits"] == 3 and again["model_calls"] == 0 and len(server.requests) == before
 
 

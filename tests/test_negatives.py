@@ -13,8 +13,10 @@ import pyarrow.compute as pc
 import pytest
 
 from schemas.config import IndexConfig, NegativesConfig
-from tasks.index import LexicalIndex, refresh_vector_index
-from tasks.negatives import mine, plan_mining
+from tasks.index.lexical import LexicalIndex
+from tasks.index.vector import refresh_vector_index
+from tasks.negatives.mine import mine
+from tasks.negatives.plan import plan_mining
 
 
 def unit(angles_deg) -> np.ndarray:
@@ -231,12 +233,12 @@ def sample(minilm):
     from schemas.config import load_config
     from schemas.tables import CAPTIONS, QUERIES, embeddings_schema
     from tasks.embed import text_items
-    from tasks.ingest import ingest_corpus
+    from tasks.ingest.stage import ingest_corpus
     from tasks.runtime.ids import record_id
     from tests.conftest import SAMPLE_CONFIG
 
     cfg = load_config(SAMPLE_CONFIG)
-    documents = ingest_corpus(cfg.corpus_root, cfg.corpus.sources, cfg.ingest).tables["documents"]
+    documents = ingest_corpus(cfg.corpus_root, cfg.corpus.sources, cfg.ingest).table("documents")
     alt = documents.filter(pc.is_valid(documents["alt_text"]))
     captions = pa.table({
         "caption_id": [record_id(d, t) for d, t in zip(alt["doc_id"].to_pylist(), alt["alt_text"].to_pylist())],
@@ -265,34 +267,65 @@ def sample(minilm):
     return documents, captions, emb, queries
 
 
+class Ctx:
+    """A test catalog with its config, read helpers and the stages run against it."""
+
+    def __init__(self, cfg):
+        from tasks.runtime.lifecycle import Run
+
+        self.config = cfg
+        self.run = Run.open(cfg)
+        self.catalog, self.root = self.run.catalog, self.run.root
+
+    def read(self, name, version=None):
+        return self.run.read(name, version)
+
+    def current(self, name):
+        return self.catalog.current(name)
+
+    def put(self, name, table, parents=()):
+        from tasks.runtime.write import seed
+
+        return seed(self.catalog, self.root, name, table, parents)
+
+
 def _ctx(tmp_path, **negatives):
     from schemas.config import config_from_dict
-    from tasks.runtime.context import RunContext
 
-    cfg = config_from_dict({"corpus": {"root": str(tmp_path), "sources": [{"kind": "manifest", "path": "x"}]},
-                            "workdir": str(tmp_path / "work"), "negatives": negatives})
-    ctx = RunContext.open(cfg)
-    ctx.run_id = ctx.catalog.start_run("test", "t", "fp", "{}")
-    return ctx
+    return Ctx(config_from_dict({"corpus": {"root": str(tmp_path), "sources": [{"kind": "manifest", "path": "x"}]},
+                                 "workdir": str(tmp_path / "work"), "negatives": negatives}))
+
+
+def run_index(ctx) -> dict:
+    from tasks.index.stage import Index
+    from tests.stages import run_one
+
+    refs, s = run_one(ctx.config, Index(ctx.config))
+    return {n: v | {"version": refs[f"indexes/{n}"].version} for n, v in s["notes"].items()}
+
+
+def run_mining(ctx) -> dict:
+    from tasks.negatives.stage import Negatives
+    from tests.stages import run_one
+
+    stage = Negatives(ctx.config)
+    refs, s = run_one(ctx.config, stage)
+    name = stage.outputs()[0]
+    return s["notes"] | {"negatives": refs[name].ref if name in refs else None}
 
 
 def _publish_state(ctx, documents, captions, emb, queries):
-    from tasks.index import run_index
-    from tasks.runtime.publish import publish
-
-    d = publish(ctx.catalog, ctx.root, "documents", documents).dataset
-    c = publish(ctx.catalog, ctx.root, "captions", captions, parents=[d]).dataset
-    e = publish(ctx.catalog, ctx.root, "embeddings/text", emb, parents=[d, c]).dataset
-    publish(ctx.catalog, ctx.root, "queries", queries, parents=[d])
-    return run_index(ctx, [e], d, c)
+    d = ctx.put("documents", documents)
+    c = ctx.put("captions", captions, [d])
+    ctx.put("embeddings/text", emb, [d, c])
+    ctx.put("queries", queries, [d])
+    return run_index(ctx)
 
 
 def test_modality_aware_negatives_on_the_sample_corpus(sample, tmp_path):
     documents, captions, emb, queries = sample
     ctx = _ctx(tmp_path, num_negatives=6, modality={"enabled": True, "c2_band": [12, 16]})
     _publish_state(ctx, documents, captions, emb, queries)
-    from tasks.negatives import run_mining
-
     report = run_mining(ctx)
     negatives = ctx.read("negatives")
     cands = ctx.read("candidates/mining")
@@ -315,16 +348,12 @@ def test_modality_aware_negatives_on_the_sample_corpus(sample, tmp_path):
     assert c1 > 0 and c2 > 0 and report["modality_c1"] > 0 and report["modality_c2"] > 0
     # the stage recorded lineage and counts
     parents = {p["parent_name"] for p in ctx.catalog.lineage("negatives").to_pylist() if p["depth"] == 1}
-    assert {"documents", "queries", "embeddings/text"} <= parents
+    assert {"documents", "queries", "indexes/text"} <= parents
     stage = ctx.catalog.query("SELECT rows_in, rows_out, rows_quarantined FROM stage_runs WHERE stage='negatives'").to_pylist()
     assert stage == [{"rows_in": queries.num_rows, "rows_out": queries.num_rows, "rows_quarantined": 0}]
 
 
 def test_refresh_adds_to_the_index_and_remines_only_affected_queries(sample, tmp_path):
-    from tasks.index import run_index
-    from tasks.negatives import run_mining
-    from tasks.runtime.publish import publish
-
     documents, captions, emb, queries = sample
     held = set(documents.filter(pc.starts_with(documents["source_id"], "coco:"))["doc_id"].to_pylist()[-4:])
 
@@ -336,11 +365,11 @@ def test_refresh_adds_to_the_index_and_remines_only_affected_queries(sample, tmp
     first = run_mining(ctx)
     assert first["mode"] == "full" and first["queries_remined"] == queries.num_rows - 4
 
-    d = publish(ctx.catalog, ctx.root, "documents", documents).dataset
-    c = publish(ctx.catalog, ctx.root, "captions", captions, parents=[d]).dataset
-    e = publish(ctx.catalog, ctx.root, "embeddings/text", emb, parents=[d, c]).dataset
-    publish(ctx.catalog, ctx.root, "queries", queries, parents=[d])
-    idx = run_index(ctx, [e], d, c)
+    d = ctx.put("documents", documents)
+    c = ctx.put("captions", captions, [d])
+    ctx.put("embeddings/text", emb, [d, c])
+    ctx.put("queries", queries, [d])
+    idx = run_index(ctx)
     assert idx["text"]["action"] == "added" and idx["text"]["version"] == 2
     second = run_mining(ctx)
     assert second["mode"] == "incremental"
@@ -371,9 +400,7 @@ def test_mine_command_from_imported_queries_and_qrels(sample, tmp_path, prefect_
 
     from flows.cli import main
     from schemas.config import load_config
-    from tasks.judgments.store import Store
-    from tasks.negatives import run_mining
-    from tasks.runtime.context import RunContext
+    from tests.stages import Judgments
 
     documents, captions, emb, queries = sample
     coco = [(d, s) for d, s in zip(documents["doc_id"].to_pylist(), documents["source_id"].to_pylist())
@@ -388,11 +415,11 @@ def test_mine_command_from_imported_queries_and_qrels(sample, tmp_path, prefect_
             "workdir": str(tmp_path / "work"),
             "negatives": {"num_negatives": 3, "queries_file": "topics.tsv", "qrels_file": "qrels.txt"}}
     config.write_text(yaml.safe_dump(base))
-    ctx = RunContext.open(load_config(config))
-    ctx.run_id = ctx.catalog.start_run("setup", "t", "-", "{}")
+    ctx = Ctx(load_config(config))
     _publish_state(ctx, documents, captions, emb, queries.slice(0, 0))
     first = run_mining(ctx)
-    neg = ctx.read("negatives")
+    assert first["negatives"] == "negatives/topics@v1"  # imported queries mine into their own dataset
+    neg = ctx.read("negatives/topics")
     top = neg.filter(pc.equal(neg["query_id"], "t0")).sort_by("rank")["neg_doc_id"][0].as_py()
     assert first["queries_remined"] == 6 and first["queries_quarantined"] == 0
     assert ctx.catalog.query("SELECT count(*) AS n FROM quarantine WHERE reason LIKE 'positive document is not%'"
@@ -401,14 +428,15 @@ def test_mine_command_from_imported_queries_and_qrels(sample, tmp_path, prefect_
     # an assessor says t0's top negative answers it: import that label set, mine with the judge filter
     source_id = dict(zip(documents["doc_id"].to_pylist(), documents["source_id"].to_pylist()))[top]
     (tmp_path / "assessor.txt").write_text(f"t0 0 {source_id} 2\n")
-    Store.open(ctx.config.catalog_path).import_qrels([tmp_path / "assessor.txt"])
+    Judgments(ctx.config.catalog_path).import_qrels([tmp_path / "assessor.txt"])
     config.write_text(yaml.safe_dump(base | {"negatives": base["negatives"] | {"judge_filter": {"enabled": True}}}))
     assert main(["mine", "--config", str(config)]) == 0
     out = capsys.readouterr().out
     assert "mined 6/6 queries (full)" in out and "index text: unchanged" in out
-    neg = ctx.read("negatives")
+    neg = ctx.read("negatives/topics")
     t0 = neg.filter(pc.equal(neg["query_id"], "t0"))
     assert top not in t0["neg_doc_id"].to_pylist() and t0.num_rows == 3
     assert all("judge_filter" in p for p in neg["policy"].to_pylist())
-    parents = {p["parent_name"] for p in ctx.catalog.lineage("negatives").to_pylist() if p["depth"] == 1}
-    assert "judgments" in parents
+    parents = {p["parent_name"] for p in ctx.catalog.lineage("negatives/topics").to_pylist() if p["depth"] == 1}
+    assert "judgments/assessor" in parents
+    assert ctx.current("negatives") is None  # the build's negatives were never touched

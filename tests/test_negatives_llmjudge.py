@@ -21,8 +21,8 @@ import pyarrow as pa
 import pytest
 
 from schemas.config import IndexConfig, NegativesConfig
-from tasks.index import refresh_vector_index
-from tasks.negatives import mine
+from tasks.index.vector import refresh_vector_index
+from tasks.negatives.mine import mine
 from tests.conftest import LLMJUDGE
 
 DATA = LLMJUDGE / "data"

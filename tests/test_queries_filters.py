@@ -10,9 +10,12 @@ import pytest
 from schemas.config import QueryFilters
 from schemas.tables import QUERIES
 from tasks.backends.offline import extractive_queries
-from tasks.queries import (apply_answerability, apply_filters, copy_overlap, near_duplicate_pass, parse_queries,
-                           render_prompt, roundtrip_ranks)
+from tasks.queries.answerability import Answerability
+from tasks.queries.filters import apply_filters, copy_overlap, near_duplicate_pass, roundtrip_ranks
+from tasks.queries.generate import parse_queries, render_prompt
+from tasks.queries.stage import usable_queries
 from tests.conftest import COCO
+from tests.stages import flat_index
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +31,7 @@ def coco():
 def caption_corpus(coco, minilm):
     """Every image represented by its captions 2-5 (caption 1 is held out to make queries from)."""
     items = [(i, c) for i, cs in coco.items() for c in cs[1:]]
-    return minilm.embed([c for _, c in items]), [i for i, _ in items]
+    return flat_index(minilm.embed([c for _, c in items]), [i for i, _ in items])
 
 
 def test_a_copied_caption_fails_the_copy_filter_and_a_keyword_crop_passes(coco):
@@ -44,16 +47,16 @@ def test_a_copied_caption_fails_the_copy_filter_and_a_keyword_crop_passes(coco):
 
 
 def test_a_query_made_from_one_images_caption_round_trips_to_that_image(coco, caption_corpus, minilm):
-    vecs, doc_ids = caption_corpus
+    index = caption_corpus
     ids = list(coco)
     queries = [extractive_queries("image", None, coco[i][0], 1, seed=7)[0] for i in ids]
     qv = minilm.embed(queries)
-    ranks = roundtrip_ranks(qv, ids, vecs, doc_ids, k=10)
+    ranks = roundtrip_ranks(qv, ids, index, k=10)
     assert sum(r is not None for r in ranks) >= 0.9 * len(ids)
     assert all(1 <= r <= 10 for r in ranks if r is not None)
-    wrong = roundtrip_ranks(qv, ids[1:] + ids[:1], vecs, doc_ids, k=10)  # each query paired with another image
+    wrong = roundtrip_ranks(qv, ids[1:] + ids[:1], index, k=10)  # each query paired with another image
     assert sum(r is not None for r in wrong) <= 0.35 * len(ids)  # chance is 10/50
-    exact = roundtrip_ranks(minilm.embed([coco[ids[5]][1]]), [ids[5]], vecs, doc_ids, k=1)
+    exact = roundtrip_ranks(minilm.embed([coco[ids[5]][1]]), [ids[5]], index, k=1)
     assert exact == [1]  # a caption of the corpus finds its own image first
 
 
@@ -67,7 +70,7 @@ def test_near_duplicates_are_flagged_within_a_document_and_target_only(minilm):
 
 
 def test_filters_are_columns_with_reasons_never_drops(coco, caption_corpus, minilm):
-    vecs, doc_ids = caption_corpus
+    index = caption_corpus
     ids = list(coco)
     cands = [
         ("q-copy", ids[0], "image", coco[ids[0]][1]),               # copied from its source
@@ -79,23 +82,40 @@ def test_filters_are_columns_with_reasons_never_drops(coco, caption_corpus, mini
     table = pa.Table.from_pylist([{"query_id": q, "doc_id": d, "target_modality": t, "text": x, "generator": "g",
                                    "prompt_version": "v1", "source_text": coco[d][1] if q == "q-copy" else coco[d][0]}
                                   for q, d, t, x in cands])
-    out = apply_filters(table, minilm.embed(table["text"].to_pylist()), vecs, doc_ids, QueryFilters())
+    out = apply_filters(table, minilm.embed(table["text"].to_pylist()), index, QueryFilters())
     assert out.schema == QUERIES and out.num_rows == 5
     rows = {r["query_id"]: r for r in out.to_pylist()}
     assert rows["q-copy"]["pass_copy"] is False and rows["q-copy"]["copy_overlap"] == 1.0
     assert rows["q-copy"]["reject_reason"].startswith("copy:")
     assert rows["q-short"]["pass_length"] is False and "length: 1 words" in rows["q-short"]["reject_reason"]
     assert rows["q-good"]["passed"] and rows["q-good"]["reject_reason"] is None
-    assert rows["q-good"]["roundtrip_rank"] is not None and rows["q-good"]["pass_answerable"] is None
+    assert rows["q-good"]["roundtrip_rank"] is not None
     assert rows["q-dup"]["pass_dedup"] is False and not rows["q-dup"]["passed"]
     assert rows["q-wrong"]["pass_roundtrip"] is False and rows["q-wrong"]["roundtrip_rank"] is None
 
-    judged = apply_answerability(out, {"q-good": 1, "q-dup": 3})
-    rows = {r["query_id"]: r for r in judged.to_pylist()}
-    assert rows["q-good"]["pass_answerable"] is False and not rows["q-good"]["passed"]
-    assert "graded the source 1 < 2" in rows["q-good"]["reject_reason"]
-    assert rows["q-dup"]["pass_answerable"] is True and rows["q-dup"]["reject_reason"].startswith("dedup")
-    assert rows["q-copy"]["pass_answerable"] is None
+
+def test_answerability_is_its_own_dataset_joined_on_read():
+    """The judge's verdict never rewrites `queries`: it is `query_answerability`, joined by usable_queries."""
+    from schemas.config import config_from_dict
+    from schemas.tables import JUDGMENTS
+    from tasks.judge.scoring import judge_name
+    from tasks.judge.stage import label_set
+    from tests.stages import run_pure
+
+    cfg = config_from_dict({"judge": {"enabled": True, "answerability": True}})
+    judge = judge_name(cfg.judge)
+    queries = pa.Table.from_pylist([{"query_id": q, "doc_id": d, "target_modality": "text", "text": "some words here",
+                                     "generator": "g", "prompt_version": "v1", "passed": True}
+                                    for q, d in (("q1", "d1"), ("q2", "d2"), ("q3", "d3"))], schema=QUERIES)
+    graded = pa.Table.from_pylist([{"query_id": q, "doc_id": d, "judge": judge, "grade": g, "status": "ok"}
+                                   for q, d, g in (("q1", "d1", 3), ("q2", "d2", 1), ("q3", "dX", 3))], schema=JUDGMENTS)
+    out = run_pure(Answerability(cfg), {"queries": queries, label_set(judge): graded})
+    verdict = {r["query_id"]: r for r in out.table("query_answerability").to_pylist()}
+    assert (verdict["q1"]["pass_answerable"], verdict["q2"]["pass_answerable"]) == (True, False)
+    assert verdict["q3"]["grade"] is None and verdict["q3"]["pass_answerable"] is None  # its source was not judged
+    assert (out.rows_in, out.rows_out) == (3, 3)
+    usable = usable_queries(queries, out.table("query_answerability"))
+    assert sorted(usable["query_id"].to_pylist()) == ["q1", "q3"]
 
 
 def test_parse_queries_strips_numbering_and_preambles():

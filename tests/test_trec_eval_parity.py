@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import pytest
 from ir_measures import AP, P, R, nDCG
 
-from tasks.judgments import trec_io
+from tasks.judge import trec_io
 from tests.conftest import TREC_EVAL
 
 BINARY = {"map": AP, "P_5": P @ 5, "P_10": P @ 10, "recall_1000": R @ 1000,

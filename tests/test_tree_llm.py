@@ -12,7 +12,15 @@ from tasks.tree.build import BuildParams, build_bottom_up
 from tasks.tree.model import ROOT, check_invariants
 from tasks.tree.scorers import LLMListwiseScorer
 from tasks.tree.search import SearchParams, search
-from tasks.tree.stage import run_tree
+from tasks.tree.stage import TreeStage
+from tests.stages import run_pure
+
+
+def run_tree(cfg, docs, emb):
+    from schemas.config import config_from_dict
+
+    config = config_from_dict({"tree": cfg.model_dump()})
+    return run_pure(TreeStage(config), {"documents": docs, "embeddings/text": emb})
 from tasks.tree.summarize import ExtractiveSummarizer, TermStats
 from tests.test_tree_data import corpus_tables, hex_id, synthetic_corpus
 
@@ -53,7 +61,7 @@ def test_tiny_lm_summarizer_builds_through_the_stage(tiny_causal_lm, small):
     notes = out.notes
     assert notes["mode"] == "build" and out.rows_out == 60
     assert tiny_causal_lm in notes["summarizer"] and "#" in notes["summarizer"]  # model@rev#prompt versions
-    nodes = out.tables["tree_nodes/default"]
+    nodes = out.table("tree_nodes/default")
     internal = [r for r in nodes.to_pylist() if not r["is_leaf"]]
     assert all(r["summary"].strip() and r["summarizer"] == notes["summarizer"] for r in internal)
     assert out.model_calls >= len(internal)  # one generation per node summary
@@ -70,7 +78,7 @@ def test_tiny_lm_top_down_falls_back_and_counts(tiny_causal_lm, small):
     from tasks.tree.model import Tree
 
     hex_ids = [hex_id(d) for d in ids]
-    tree = Tree.from_tables(out.tables["tree_nodes/default"], out.tables["embeddings/tree-default"],
+    tree = Tree.from_tables(out.table("tree_nodes/default"), out.table("embeddings/tree-default"),
                             dict(zip(hex_ids, vecs)), 5)
     assert check_invariants(tree, hex_ids) == []
     assert tree.children[ROOT]

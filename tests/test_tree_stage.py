@@ -4,10 +4,11 @@ from __future__ import annotations
 import pytest
 
 from schemas.config import config_from_dict
-from tasks.runtime.context import RunContext
-from tasks.runtime.publish import publish, read
+from tasks.runtime.publish import read
 from tasks.tree.model import check_invariants
-from tasks.tree.stage import load_tree, tree_task
+from tasks.tree.stage import TreeStage, load_tree
+from tests.stages import run_one, run_pure
+from tests.test_negatives import Ctx
 from tests.test_tree_data import corpus_tables, hex_id, llmjudge_slice
 
 N = 200
@@ -19,23 +20,22 @@ def store(tmp_path_factory, minilm):
     work = tmp_path_factory.mktemp("tree-stage")
     cfg = config_from_dict({"name": "treetest", "corpus": {"root": str(work), "sources": [{"kind": "manifest", "path": "x"}]},
                             "workdir": str(work), "tree": {"max_branching": 8}})
-    ctx = RunContext.open(cfg)
+    ctx = Ctx(cfg)
     ids, texts, vecs, queries, qrels = llmjudge_slice()
     return ctx, (ids, texts, vecs, minilm.name), queries
 
 
 def _publish_corpus(ctx, ids, texts, vecs, space):
     docs, emb = corpus_tables(ids, texts, vecs, space)
-    d = publish(ctx.catalog, ctx.root, "documents", docs).dataset
-    e = publish(ctx.catalog, ctx.root, "embeddings/text", emb, parents=[d]).dataset
+    d = ctx.put("documents", docs)
+    e = ctx.put("embeddings/text", emb, [d])
     return d, e
 
 
 def _run_stage(ctx, d, e):
-    ctx.run_id = ctx.catalog.start_run("build", "treetest", "fp", "{}")
-    refs = tree_task.fn(ctx, d, e)
-    ctx.catalog.finish_run(ctx.run_id, "completed")
-    row = ctx.catalog.query("SELECT * FROM stage_runs WHERE run_id = ? AND stage = 'tree'", [ctx.run_id]).to_pylist()[0]
+    refs, _ = run_one(ctx.config, TreeStage(ctx.config))
+    row = ctx.catalog.query("SELECT * FROM stage_runs WHERE stage = 'tree' ORDER BY started_at DESC LIMIT 1"
+                            ).to_pylist()[0]
     return refs, row
 
 
@@ -75,15 +75,14 @@ def test_stage_builds_publishes_and_refreshes_incrementally(store):
 def test_image_documents_without_text_are_quarantined_with_a_reason(store):
     import pyarrow as pa
 
-    from tasks.tree.stage import run_tree
-
     ctx, (ids, texts, vecs, space), _ = store
     docs, emb = corpus_tables(ids[:30], texts[:30], vecs[:30], space)
     rows = docs.to_pylist()
     rows[0].update(modality="image", text=None, image_uri="a.jpg")
     docs = pa.Table.from_pylist(rows, schema=docs.schema)
-    out = run_tree(config_from_dict({"corpus": {"root": ".", "sources": [{"kind": "manifest", "path": "x"}]},
-                                     "tree": {"node_vectors": "centroid"}}).tree, docs, emb)
+    cfg = config_from_dict({"corpus": {"root": ".", "sources": [{"kind": "manifest", "path": "x"}]},
+                            "tree": {"node_vectors": "centroid"}})
+    out = run_pure(TreeStage(cfg), {"documents": docs, "embeddings/text": emb})
     assert out.rows_in == 30 and out.rows_out == 29 and out.rows_quarantined == 1
     assert "no text vector" in out.quarantine["reason"][0].as_py()
 
@@ -100,6 +99,7 @@ def test_search_flow_writes_a_trec_run_into_the_catalog(store, prefect_harness, 
     qfile.write_text("".join(f"{q}\t{queries[q]}\n" for q in chosen) + "qempty\t \n")
     trec = tmp_path / "run.txt"
     summary = search_flow(catalog=ctx.config.catalog_path, queries_file=str(qfile), k=20, trec_out=str(trec))
+    assert summary["queries"] == 4 and summary["quarantined"] == 1
     assert summary["queries"] == 4 and summary["quarantined"] == 1
     assert summary["calls_per_query"] <= 39
     run = read(ctx.catalog, ctx.root, "candidates/tree-default")

@@ -27,10 +27,13 @@ LLMJUDGE = REPO.parent / "shared" / "data" / "llmjudge" / "data"
 
 
 def _pairs(n: int):
-    from tasks import judge as J
+    from tasks.judge import scoring as J
+    from tasks.judge.pools import read_passages
+    from tasks.judge.trec_io import read_topics
 
-    topics = J.read_topics(LLMJUDGE / "llm4eval_query_2024.txt")
-    passages = J.read_passages(LLMJUDGE / "llm4eval_test_passages_2024.jsonl")
+    t = read_topics(LLMJUDGE / "llm4eval_query_2024.txt").table
+    topics = dict(zip(t["query_id"].to_pylist(), t["text"].to_pylist()))
+    passages = read_passages(LLMJUDGE / "llm4eval_test_passages_2024.jsonl")
     keys = [line.split() for line in (LLMJUDGE / "llm4eval_test_qrel_2024.txt").read_text().splitlines() if line.strip()]
     keys = (keys * (n // len(keys) + 1))[:n]
     return pa.table({"query_id": [k[0] for k in keys], "query_text": [topics[k[0]] for k in keys],
@@ -44,7 +47,7 @@ COMPACT_PROMPT = "Query: {query}\nPassage: {document}\nRelevance of the passage 
 def _scoring_rates(model: str, pairs: pa.Table, batch: int, doc_chars: int, prompts_dir: str | None) -> dict:
     """Judgments per second for each scoring method over the same pairs (after a warm-up batch)."""
     from schemas.config import JudgeConfig
-    from tasks import judge as J
+    from tasks.judge import scoring as J
 
     results = {}
     for scoring in ("label_probs", "generate"):
@@ -123,7 +126,7 @@ def bench_agreement_sql() -> dict:
     import krippendorff
     from sklearn.metrics import cohen_kappa_score
 
-    from tasks.judgments import analysis
+    from tasks.judge import analysis
     from tasks.runtime.catalog import Catalog
 
     n_total = int(os.environ.get("BENCH_AGREEMENT_PAIRS", 1_000_000))

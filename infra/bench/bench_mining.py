@@ -90,43 +90,42 @@ def _write_inputs(workdir: Path, queries: list[str]) -> None:
 
 def ours_cold(workdir: Path, docs: list[str], queries: list[str]) -> tuple[float, dict]:
     """Texts -> embeddings (embed stage) -> index -> negatives, everything published."""
-    from tasks.embed import embed_texts
-    from tasks.index import run_index
-    from tasks.negatives import run_mining
-    from tasks.runtime.cache import WorkCache
-    from tasks.runtime.context import RunContext, stage_clock
-    from tasks.runtime.publish import publish
+    from tasks.embed import EmbedText
+    from tasks.index.stage import Index
+    from tasks.negatives.stage import Negatives
+    from tasks.runtime.lifecycle import Run, open_run
+    from tasks.runtime.write import seed
 
     cfg = _config(workdir)
     _write_inputs(workdir, queries)
     t0 = time.perf_counter()
-    ctx = RunContext.open(cfg)
-    ctx.run_id = ctx.catalog.start_run("bench", cfg.name, "-", "{}")
-    d = publish(ctx.catalog, ctx.root, "documents", _documents(docs)).dataset
-    started_at, t1 = stage_clock()
-    out = embed_texts(ctx.read("documents"), None, cfg.embed, lambda s, fp: WorkCache(ctx.root, s, fp), 0)
-    e = ctx.record(out, parents=[d], fingerprint="bench", started_at=started_at, started=t1)["embeddings/text"].dataset
-    run_index(ctx, [e], d)
-    report = run_mining(ctx)
+    store = Run.open(cfg)
+    seed(store.catalog, store.root, "documents", _documents(docs))
+    with open_run(cfg, "bench") as run:
+        from tasks.runtime.runner import run_stage
+
+        for cls in (EmbedText, Index, Negatives):
+            run_stage(run, cls(cfg))
+    report = run.summaries[-1]["notes"]
     seconds = time.perf_counter() - t0
     assert report["queries_mined"] == len(queries), report
-    stages = {r["stage"]: r["seconds"] for r in ctx.catalog.query(
-        "SELECT stage, seconds FROM stage_runs WHERE run_id = ?", [ctx.run_id]).to_pylist()}
+    stages = {s["stage"]: s["seconds"] for s in run.summaries}
     return seconds, stages
 
 
 def ours_warm_child(workdir: str) -> None:
     """Run in a fresh process: index + mine over embeddings already in the catalog; prints JSON."""
-    from tasks.index import run_index
-    from tasks.negatives import run_mining
-    from tasks.runtime.context import RunContext
+    from tasks.index.stage import Index
+    from tasks.negatives.stage import Negatives
+    from tasks.runtime.lifecycle import open_run
+    from tasks.runtime.runner import run_stage
 
     cfg = _config(Path(workdir))
     t0 = time.perf_counter()
-    ctx = RunContext.open(cfg)
-    ctx.run_id = ctx.catalog.start_run("bench", cfg.name, "-", "{}")
-    idx = run_index(ctx, [ctx.current("embeddings/text")], ctx.current("documents"))
-    report = run_mining(ctx)
+    with open_run(cfg, "bench") as run:
+        run_stage(run, Index(cfg))
+        run_stage(run, Negatives(cfg))
+    idx, report = run.summaries[0]["notes"], run.summaries[1]["notes"]
     seconds = time.perf_counter() - t0
     print(json.dumps({"seconds": seconds, "peak_mb": _vm_hwm_mb(),
                       "index_type": idx["text"]["type"], "mode": report["mode"], "rows": report["rows"],
@@ -144,35 +143,36 @@ def _vm_hwm_mb() -> float:
 
 
 def prepare_warm(workdir: Path, docs: list[str], queries: list[str], doc_vecs, query_vecs) -> None:
-    """A catalog holding documents and their embeddings, and the query vectors in the work cache."""
+    """A catalog holding documents and their embeddings, and the query vectors in the embed cache."""
     import pyarrow as pa
 
     from schemas.tables import embeddings_schema
     from tasks.backends.embedders import text_space
-    from tasks.embed import text_fingerprint
-    from tasks.runtime.cache import KEY, WorkCache
-    from tasks.runtime.context import RunContext
+    from tasks.embed import EmbedText
+    from tasks.runtime.cache import WorkCache
     from tasks.runtime.ids import cache_key, text_sha256
-    from tasks.runtime.publish import publish
+    from tasks.runtime.lifecycle import Run
+    from tasks.runtime.stage import KEY
+    from tasks.runtime.write import seed
 
     cfg = _config(workdir)
     _write_inputs(workdir, queries)
-    ctx = RunContext.open(cfg)
+    run = Run.open(cfg)
     documents = _documents(docs)
-    d = publish(ctx.catalog, ctx.root, "documents", documents).dataset
+    d = seed(run.catalog, run.root, "documents", documents)
     dim = doc_vecs.shape[1]
     emb = pa.table({"item_id": documents["doc_id"], "item_kind": ["document"] * len(docs),
                     "doc_id": documents["doc_id"], "content_sha256": [text_sha256(t) for t in docs],
                     "space": [text_space(cfg.embed.text)] * len(docs),
                     "vector": pa.FixedSizeListArray.from_arrays(pa.array(doc_vecs.ravel()), dim)},
                    schema=embeddings_schema(dim))
-    publish(ctx.catalog, ctx.root, "embeddings/text", emb, parents=[d])
-    fp = text_fingerprint(cfg.embed.text)
+    seed(run.catalog, run.root, "embeddings/text", emb, [d])
+    fp = EmbedText(cfg).work_fingerprint()
     keys = list(dict.fromkeys(cache_key(text_sha256(q), fp) for q in queries))
     first = {cache_key(text_sha256(q), fp): i for i, q in reversed(list(enumerate(queries)))}
     qv = query_vecs[[first[k] for k in keys]]
-    WorkCache(ctx.root, "embed_query", fp).append(pa.table({KEY: keys, "vector": pa.FixedSizeListArray.from_arrays(
-        pa.array(qv.ravel()), dim)}))
+    WorkCache(run.root, "embed_text", fp).append(pa.table({KEY: keys, "vector": pa.array(list(qv),
+                                                                                        pa.list_(pa.float32()))}))
 
 
 def run_warm(workdir: Path) -> dict:

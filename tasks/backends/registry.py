@@ -1,4 +1,4 @@
-"""Build a backend from a config section, get per-item outcomes, and run model work on Ray actors.
+"""Build a backend from a config section, and get per-item outcomes from it.
 
 Stages never construct backends themselves: a Ray actor calls `build_generator` /
 `build_captioner` once in its constructor, so each actor loads its model once. A failure on one
@@ -11,7 +11,6 @@ import logging
 import os
 from typing import Callable, Sequence
 
-import pyarrow as pa
 
 from schemas.config import ModelBackend
 from tasks.backends.openai_compat import Outcome
@@ -40,17 +39,22 @@ def _openai(cfg: ModelBackend):
                               top_logprobs=o.top_logprobs)
 
 
-def build_generator(cfg: ModelBackend, device: str = "auto"):
-    """A Generator (and LabelScorer) for an `hf` or `openai` section."""
+def _build(cfg: ModelBackend, device: str, hf_class: str, offline: str):
     if cfg.backend == "hf":
-        from tasks.backends.hf import HFCausalLM
+        from tasks.backends import hf
 
-        return HFCausalLM(cfg.model, cfg.revision, dtype=cfg.dtype, device=device, batch_size=cfg.batch_size,
-                          max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                          trust_remote_code=cfg.trust_remote_code)
+        return getattr(hf, hf_class)(cfg.model, cfg.revision, dtype=cfg.dtype, device=device,
+                                     batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
+                                     temperature=cfg.temperature, trust_remote_code=cfg.trust_remote_code)
     if cfg.backend == "openai":
         return _openai(cfg)
-    raise ValueError("the offline backend has no text generator; its stages use their model-free baselines")
+    raise ValueError(offline)
+
+
+def build_generator(cfg: ModelBackend, device: str = "auto"):
+    """A Generator (and LabelScorer) for an `hf` or `openai` section."""
+    return _build(cfg, device, "HFCausalLM",
+                  "the offline backend has no text generator; its stages use their model-free baselines")
 
 
 def build_label_scorer(cfg: ModelBackend, device: str = "auto"):
@@ -58,15 +62,7 @@ def build_label_scorer(cfg: ModelBackend, device: str = "auto"):
 
 
 def build_captioner(cfg: ModelBackend, device: str = "auto"):
-    if cfg.backend == "hf":
-        from tasks.backends.hf import HFCaptioner
-
-        return HFCaptioner(cfg.model, cfg.revision, dtype=cfg.dtype, device=device, batch_size=cfg.batch_size,
-                           max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                           trust_remote_code=cfg.trust_remote_code)
-    if cfg.backend == "openai":
-        return _openai(cfg)
-    raise ValueError("the offline backend has no image captioner; captions come from alt-text")
+    return _build(cfg, device, "HFCaptioner", "the offline backend has no image captioner; captions come from alt-text")
 
 
 def _error(e: BaseException) -> str:
@@ -117,60 +113,3 @@ def _free_cuda() -> None:
             torch.cuda.empty_cache()
     except Exception:  # noqa: BLE001 - best effort after an OOM
         pass
-
-
-ROWS_PER_TASK = 8  # model batches per Ray task: amortises Ray's per-task overhead
-
-
-def run_actor_pool(todo: pa.Table, actor: type, ctor_kwargs: dict, *, batch_size: int, actors: int,
-                   cpus_per_actor: float, num_gpus: float, on_batch: Callable[[pa.Table], None]) -> int:
-    """Stream `todo` through a Ray Data actor pool; `on_batch` gets each result batch as it arrives.
-
-    Each Ray task carries several model batches (the backend splits them at `batch_size`), and
-    the pool never has more actors than there are tasks.
-    """
-    import ray.data
-    from ray.data import ActorPoolStrategy
-
-    if todo.num_rows == 0:
-        return 0
-    rows = batch_size * ROWS_PER_TASK
-    if todo.num_rows < rows * actors:  # small jobs: spread over the pool rather than one task
-        rows = max(batch_size, -(-todo.num_rows // actors))
-    chunks = [todo.slice(i, rows) for i in range(0, todo.num_rows, rows)]
-    ds = ray.data.from_arrow(chunks).map_batches(
-        actor, fn_constructor_kwargs=ctor_kwargs, compute=ActorPoolStrategy(size=min(actors, len(chunks))),
-        batch_size=rows, batch_format="pyarrow", num_cpus=cpus_per_actor, num_gpus=num_gpus or None,
-        zero_copy_batch=True)
-    done = 0
-    for out in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        on_batch(out)
-        done += out.num_rows
-    return done
-
-
-class CacheSink:
-    """Receives result batches (KEY, outputs..., error): outputs go to the work cache in large shards,
-    errors are kept by key for the quarantine (and are not cached, so the next run retries them)."""
-
-    def __init__(self, cache, columns: list[str], flush_rows: int = 4096):
-        self.cache, self.columns, self.flush_rows = cache, columns, flush_rows
-        self.pending: list[pa.Table] = []
-        self.failed: dict[str, str] = {}
-
-    def __call__(self, out: pa.Table) -> None:
-        import pyarrow.compute as pc
-
-        from tasks.runtime.cache import KEY
-
-        ok = pc.is_null(out["error"])
-        bad = out.filter(pc.invert(ok))
-        self.failed.update(zip(bad[KEY].to_pylist(), bad["error"].to_pylist()))
-        self.pending.append(out.filter(ok).select([KEY] + self.columns))
-        if sum(t.num_rows for t in self.pending) >= self.flush_rows:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.pending:
-            self.cache.append(pa.concat_tables(self.pending))
-            self.pending.clear()

@@ -1,9 +1,10 @@
-"""Work cache: model outputs keyed by (input content sha256 x stage fingerprint).
+"""Work cache: model outputs keyed by (input content sha256 x stage work fingerprint).
 
-A stage looks up its keys here and runs its model only on the missing ones, so a refresh of
+The runner looks keys up here and sends only the missing ones to the model, so a refresh of
 unchanged inputs makes no model calls and a killed run resumes from the shards it finished.
-Each stage fingerprint has its own folder of Parquet shards under `DATA_ROOT/_cache`; a shard
-is written to a staging name and moved into place, so a half-written shard is never read.
+Each (stage, work fingerprint) has its own folder of Parquet shards under `DATA_ROOT/_cache`;
+a shard is written to a staging name and moved into place, so a half-written shard is never
+read. Errors are never cached: the next run retries them.
 """
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tasks.runtime.stage import KEY
 from tasks.runtime.storage import DataRoot
+from tasks.runtime.tables import first_per_key
 
 log = logging.getLogger(__name__)
 
-KEY = "cache_key"
 COMPACT_AFTER = 64  # shards; compaction rewrites them as one
 
 
@@ -30,24 +32,45 @@ class WorkCache:
     def _shards(self) -> list[str]:
         return [p for p in self.root.list_files(self.dir) if "/_tmp-" not in p]
 
-    def load(self) -> pa.Table | None:
+    def load(self, columns: list[str] | None = None) -> pa.Table | None:
         shards = self._shards()
         if not shards:
             return None
-        table = pa.concat_tables([pq.read_table(p, filesystem=self.root.fs) for p in shards],
-                                 promote_options="default")
-        if len(shards) > COMPACT_AFTER:
+        parts = []
+        for p in shards:
+            try:
+                parts.append(pq.read_table(p, filesystem=self.root.fs, columns=columns))
+            except (OSError, pa.ArrowInvalid) as e:  # a damaged shard is work to redo, not a failed run
+                log.warning("ignoring unreadable cache shard %s (%s)", p, e)
+        if not parts:
+            return None
+        table = pa.concat_tables(parts, promote_options="default")
+        if len(shards) > COMPACT_AFTER and columns is None:
             self._compact(table, shards)
         return table
 
-    def lookup(self, keys: pa.Array | list[str]) -> tuple[pa.Table | None, set[str]]:
+    def known(self, keys: pa.Array) -> set[str]:
+        """The keys that already have a result."""
+        cached = self.load([KEY])
+        if cached is None:
+            return set()
+        return set(cached.filter(pc.is_in(cached[KEY], value_set=keys))[KEY].to_pylist())
+
+    def lookup_table(self, keys: pa.Array, columns: list[str]) -> pa.Table | None:
+        """One row per cached key among `keys` (KEY + columns)."""
+        cached = self.load()
+        if cached is None:
+            return None
+        hit = cached.filter(pc.is_in(cached[KEY], value_set=keys))
+        return first_per_key(hit, KEY).select([KEY] + columns)
+
+    def lookup(self, keys) -> tuple[pa.Table | None, set[str]]:
         """Cached rows for these keys, and the keys still missing."""
-        wanted = pa.array(keys, pa.string()) if not isinstance(keys, pa.Array) else keys
+        wanted = keys if isinstance(keys, (pa.Array, pa.ChunkedArray)) else pa.array(list(keys), pa.string())
         cached = self.load()
         if cached is None:
             return None, set(wanted.to_pylist())
-        hit = cached.filter(pc.is_in(cached[KEY], value_set=wanted))
-        hit = _unique(hit)
+        hit = first_per_key(cached.filter(pc.is_in(cached[KEY], value_set=wanted)), KEY)
         return hit, set(wanted.to_pylist()) - set(hit[KEY].to_pylist())
 
     def append(self, table: pa.Table) -> None:
@@ -60,15 +83,7 @@ class WorkCache:
         self.root.move(tmp, self.root.path(self.dir, f"shard-{uuid.uuid4().hex}.parquet"))
 
     def _compact(self, table: pa.Table, shards: list[str]) -> None:
-        self.append(_unique(table))
+        self.append(first_per_key(table, KEY))
         for s in shards:
             self.root.fs.delete_file(s)
         log.info("compacted %d cache shards in %s", len(shards), self.dir)
-
-
-def _unique(table: pa.Table) -> pa.Table:
-    """First row per key (shards from a retried batch may repeat keys)."""
-    if table.num_rows == 0:
-        return table
-    idx = pa.table({KEY: table[KEY], "_i": pa.array(range(table.num_rows))}).group_by(KEY).aggregate([("_i", "min")])
-    return table.take(pa.array(sorted(idx["_i_min"].to_pylist()), pa.int64()))

@@ -29,6 +29,20 @@ DDL = (Path(__file__).resolve().parents[2] / "schemas" / "catalog.sql").read_tex
 _EXTRA_DDL: list[str] = []  # views and macros that other modules register (judgment analysis)
 
 
+_COLLECTIONS: dict[str, object] = {}  # dataset prefix -> sync(catalog, root): union views (judgments)
+
+
+def register_collection(prefix: str, sync) -> None:
+    """A view over every current dataset under a prefix, re-pointed after each publish under it."""
+    _COLLECTIONS[prefix] = sync
+
+
+def sync_collections(catalog: "Catalog", root, names) -> None:
+    for prefix, sync in _COLLECTIONS.items():
+        if any(n.startswith(prefix) for n in names):
+            sync(catalog, root)
+
+
 def register_ddl(sql: str) -> None:
     """Let an analysis module add views or macros that every catalog gets on open."""
     if sql not in _EXTRA_DDL:
@@ -61,6 +75,7 @@ class Catalog:
         self.path = str(path)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         with self.connect() as con:
+            _migrate(con)
             con.execute(DDL)
             for sql in _EXTRA_DDL:
                 con.execute(sql)
@@ -128,6 +143,19 @@ class Catalog:
             )
         return run_id
 
+    def mark_abandoned_runs(self) -> int:
+        """Runs left `running` by a process that died: only the lock holder runs, so when the lock
+        is taken, every run still marked running was abandoned."""
+        with self.connect() as con:
+            n = con.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()[0]
+            if n:
+                con.execute("UPDATE runs SET status = 'abandoned', finished_at = ?, message = "
+                            "'the process running it stopped before it finished (killed or crashed)' "
+                            "WHERE status = 'running'", [now()])
+        if n:
+            log.warning("marked %d abandoned run(s) in %s", n, self.path)
+        return n
+
     def finish_run(self, run_id: str, status: str, message: str | None = None) -> None:
         with self.connect() as con:
             con.execute("UPDATE runs SET finished_at=?, status=?, message=? WHERE run_id=?",
@@ -161,6 +189,18 @@ class Catalog:
                 "WHERE name=? AND is_current", [name]).fetchone()
         return DatasetVersion(*row) if row else None
 
+    def current_all(self) -> dict[str, DatasetVersion]:
+        """Every current dataset version, by name."""
+        with self.connect() as con:
+            rows = con.execute("SELECT name, version, path, row_count, content_hash FROM datasets "
+                               "WHERE is_current").fetchall()
+        return {r[0]: DatasetVersion(*r) for r in rows}
+
+    def meta(self, name: str, version: int) -> dict:
+        with self.connect() as con:
+            row = con.execute("SELECT meta FROM datasets WHERE name = ? AND version = ?", [name, version]).fetchone()
+        return json.loads(row[0]) if row and row[0] else {}
+
     def version(self, name: str, version: int) -> DatasetVersion | None:
         with self.connect() as con:
             row = con.execute(
@@ -193,6 +233,20 @@ class Catalog:
             """,
             [name, version],
         )
+
+
+def _migrate(con: duckdb.DuckDBPyConnection) -> None:
+    """Bring a catalog made by an earlier release up to this DDL.
+
+    Before index versions were datasets they lived in a table `indexes`; that table is dropped
+    (the next index stage rebuilds from the embeddings) so the view of the same name can exist.
+    """
+    kind = con.execute("SELECT table_type FROM information_schema.tables WHERE table_name = 'indexes' "
+                       "AND table_schema = 'main'").fetchone()
+    if kind and kind[0] == "BASE TABLE":
+        log.warning("catalog migration: the old `indexes` table is replaced by dataset versions "
+                    "indexes/<name>; the next build rebuilds the indexes")
+        con.execute("DROP TABLE indexes")
 
 
 def _user() -> str:

@@ -1,7 +1,8 @@
-"""How stages become Prefect tasks: one task per stage, retries only for transient errors.
+"""How stages become Prefect tasks: one generic task per stage run, retries only for transient errors.
 
-A bad config, a failed validation or a missing GPU fails the same way every time, so those
-are not retried; I/O and Ray worker failures are.
+A bad config, a failed validation, an accounting error or a missing GPU fails the same way every
+time, so those are not retried; I/O and Ray worker failures are. A stage's task receives the refs
+of its declared inputs as returned by the upstream tasks, so the Prefect UI draws the real edges.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from tasks.runtime.ray_session import ResourceUnavailable
 from tasks.runtime.validation import ValidationFailed
 
 PERMANENT = (ValidationFailed, ConfigError, ResourceUnavailable, AccountingError, CatalogBusy,
-             FileNotFoundError, KeyError, ValueError, TypeError)
+             FileNotFoundError, LookupError, ValueError, TypeError)
 
 
 def retry_transient(task, task_run, state) -> bool:
@@ -25,11 +26,28 @@ def retry_transient(task, task_run, state) -> bool:
     return isinstance(exc, BaseException) and not isinstance(exc, PERMANENT)
 
 
-def stage_task(name: str, **kwargs):
-    """Decorator for a stage's Prefect task. Tasks pass dataset refs, never tables, so no caching
-    of inputs is needed: the work cache handles reuse at item level."""
-    return task(name=name, cache_policy=NO_CACHE, retry_condition_fn=retry_transient,
-                log_prints=False, **kwargs)
+@task(cache_policy=NO_CACHE, retry_condition_fn=retry_transient, log_prints=False)
+def _stage(run, stage, inputs: dict) -> dict:
+    from tasks.runtime.runner import run_stage
+
+    run.logger = run_logger()
+    return run_stage(run, stage, inputs)
+
+
+def stage_task(stage, flow_cfg=None):
+    """The Prefect task that runs `stage` (named after it), with the flow's retry settings. Call it
+    as (run, stage, input refs): only the refs are traced, so the UI's edges are the declared reads."""
+    from prefect.utilities.annotations import quote
+
+    opts = {"name": stage.name, "task_run_name": stage.name, "description": stage.description or stage.name}
+    if flow_cfg is not None:
+        opts |= {"retries": flow_cfg.retries, "retry_delay_seconds": flow_cfg.retry_delay_s}
+    task = _stage.with_options(**opts)
+
+    def call(run, stage_, inputs: dict) -> dict:
+        return task(quote(run), quote(stage_), inputs)
+
+    return call
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter:

@@ -38,6 +38,22 @@ class DataRoot:
         self.fs.create_dir(posixpath.dirname(dst), recursive=True)
         self.fs.move(src, dst)
 
+    def upload(self, local: str, path: str) -> None:
+        """Copy a local file to a path under the root (any filesystem)."""
+        self.fs.create_dir(posixpath.dirname(path), recursive=True)
+        with open(local, "rb") as src, self.fs.open_output_stream(path) as dst:
+            while chunk := src.read(1 << 22):
+                dst.write(chunk)
+
+    def download(self, path: str, local: str) -> None:
+        with self.fs.open_input_stream(path) as src, open(local, "wb") as dst:
+            while chunk := src.read(1 << 22):
+                dst.write(chunk)
+
+    def local_path(self, path: str) -> str | None:
+        """The OS path of a file under a local root, else None."""
+        return path if self.is_local else None
+
     def delete_dir(self, path: str) -> None:
         if self.exists(path):
             self.fs.delete_dir(path)

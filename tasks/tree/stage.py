@@ -22,8 +22,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.config import ModelBackend, TextEncoder, TreeConfig
-from tasks.runtime.accounting import Quarantine, StageOutput
+from tasks.corpus import captions_by_doc, document_text
+from tasks.runtime.accounting import Quarantine
 from tasks.runtime.ids import fingerprint
+from tasks.runtime.stage import KEY, UNIT, Assembled, Output, Read, Stage, Units, optional
 from tasks.tree import prompts
 from tasks.tree.build import BuildParams, EmbedFn, leaf_text, build_bottom_up, build_top_down
 from tasks.tree.insert import delete_documents, insert_documents
@@ -107,18 +109,14 @@ def leaf_inputs(documents: pa.Table, embeddings: pa.Table, captions: pa.Table | 
             doc_vec[item] = i
         elif kind == "caption" and doc is not None:
             cap_vecs.setdefault(doc, []).append(i)
-    cap_text: dict[str, list[str]] = {}
-    if captions is not None and captions.num_rows:
-        for d, t in zip(captions["doc_id"].to_pylist(), captions["text"].to_pylist()):
-            if t:
-                cap_text.setdefault(d, []).append(t)
+    cap_text = captions_by_doc(captions)
     ids, texts, rows, groups = [], [], [], []
     for d, text, source_id in zip(documents["doc_id"].to_pylist(), documents["text"].to_pylist(),
                                   documents["source_id"].to_pylist()):
         if d in doc_vec and text and text.strip():
-            vec, text_of_leaf = vecs[doc_vec[d]], text
+            vec, text_of_leaf = vecs[doc_vec[d]], document_text(text, cap_text.get(d))
         elif d in cap_vecs and d in cap_text:
-            vec, text_of_leaf = vecs[cap_vecs[d]].mean(0), " ".join(cap_text[d])
+            vec, text_of_leaf = vecs[cap_vecs[d]].mean(0), document_text(None, cap_text[d])
         else:
             q.add(d, "no text vector: the document has no embedded text and no embedded caption, "
                      "so it cannot be placed in the tree", {"doc_id": d})
@@ -163,14 +161,19 @@ def build_tree(cfg: TreeConfig, inputs: LeafInputs, summarizer: Summarizer, embe
                            inputs.space, groups)
 
 
-def run_tree(cfg: TreeConfig, documents: pa.Table, embeddings: pa.Table, *, captions: pa.Table | None = None,
-             previous: Previous | None = None, embed: EmbedFn | None = None, generator=None) -> StageOutput:
-    """Build (or refresh) the tree; the StageOutput's notes say which and what it touched."""
+@dataclass
+class Built:
+    nodes: pa.Table
+    node_vectors: pa.Table
+    notes: dict
+    model_calls: int
+    carried: int  # leaves carried over from the previous tree
+
+
+def build_or_refresh(cfg: TreeConfig, inputs: LeafInputs, previous: Previous | None = None,
+                     embed: EmbedFn | None = None, generator=None) -> Built:
+    """Build the tree, or refresh the previous one by insert and delete when its fingerprint matches."""
     started = time.perf_counter()
-    inputs = leaf_inputs(documents, embeddings, captions)
-    if not inputs.doc_ids:
-        raise ValueError("the tree stage found no document with a text vector; run embed first "
-                         f"({len(inputs.quarantine)} documents lack one)")
     fp = tree_fingerprint(cfg, inputs.space)
     embed_fn = embed if cfg.node_vectors == "summary" else None
     notes: dict = {"fingerprint": fp, "space": inputs.space}
@@ -192,10 +195,8 @@ def run_tree(cfg: TreeConfig, documents: pa.Table, embeddings: pa.Table, *, capt
     embedded = (report.touched if report else _internal(nodes)) if embed_fn else 0
     notes |= {"nodes": nodes.num_rows, "height": tree.height(), "summarizer": tree.summarizer,
               "summarizer_failures": summarizer.stats["failures"], "seconds": round(time.perf_counter() - started, 3)}
-    return StageOutput(STAGE, {nodes_dataset(cfg.name): nodes, vectors_dataset(cfg.name): node_vectors},
-                       rows_in=documents.num_rows, rows_out=len(inputs.doc_ids),
-                       quarantine=inputs.quarantine.table(), model_calls=summarizer.stats["calls"] + embedded,
-                       cache_hits=(len(inputs.doc_ids) - report.inserted) if report else 0, notes=notes).check()
+    return Built(nodes, node_vectors, notes, summarizer.stats["calls"] + embedded,
+                 (len(inputs.doc_ids) - report.inserted) if report else 0)
 
 
 def _internal(nodes: pa.Table) -> int:
@@ -280,71 +281,78 @@ def embedder_for(space: str, encoders: list[TextEncoder]):
                      "encoders produce; pass the --config the tree was built with")
 
 
-# ---- Prefect task ----------------------------------------------------------------------------
-def previous_tree(catalog, root, name: str) -> Previous | None:
-    from tasks.runtime.publish import read
-
-    ds, vec = catalog.current(nodes_dataset(name)), catalog.current(vectors_dataset(name))
-    if ds is None or vec is None:
-        return None
-    fp = catalog.query("SELECT fingerprint FROM datasets WHERE name = ? AND version = ?",
-                       [ds.name, ds.version])["fingerprint"][0].as_py()
-    return Previous(read(catalog, root, ds.name, ds.version), read(catalog, root, vec.name, vec.version), fp)
-
-
-def _outline(tree: Tree, limit: int = 12) -> str:
-    from tasks.tree.model import ROOT
-
-    lines = [f"## Tree `{tree.tree_id}`: {tree.n_docs} documents, height {tree.height()}", "",
-             f"Root: {tree.text[ROOT][:200]}", ""]
-    for v in tree.children[ROOT][:limit]:
-        lines.append(f"- {tree.text[v][:160]}")
+def outline(nodes: pa.Table, n_docs: int, height: int, limit: int = 12) -> str:
+    """The root's summary and its children's, as markdown (the Prefect artifact)."""
+    rows = nodes.filter(pc.less_equal(nodes["depth"], 1)).sort_by([("depth", "ascending"),
+                                                                  ("position", "ascending")]).to_pylist()
+    root = next((r for r in rows if r["depth"] == 0), {"summary": ""})
+    lines = [f"## Tree `{root.get('tree_id', '')}`: {n_docs} documents, height {height}", "",
+             f"Root: {(root['summary'] or '')[:200]}", ""]
+    lines += [f"- {(r['summary'] or '')[:160]}" for r in rows if r["depth"] == 1][:limit]
     return "\n".join(lines)
 
 
-from tasks.runtime.prefect_support import run_logger, stage_task  # noqa: E402
+# ---- the stage ---------------------------------------------------------------------------------
+class TreeStage(Stage):
+    name = STAGE
+    section = "tree"
+    reads = (Read("documents"), Read(TEXT_EMBEDDINGS), optional("captions"))
+    writes = ("tree_nodes/{name}", "embeddings/tree-{name}")
+    incremental = True
+    description = "LATTICE semantic tree over the text embeddings, refreshed by insert and delete"
+
+    def units(self, inputs) -> Units:
+        d = inputs["documents"]["doc_id"]
+        return Units(pa.table({UNIT: d, KEY: d}))
+
+    def assemble(self, inputs, units: pa.Table, results) -> Assembled:
+        cfg = self.cfg
+        emb = inputs[TEXT_EMBEDDINGS]
+        leaves = leaf_inputs(inputs["documents"], emb, inputs.get("captions"))
+        quarantined = [{"key": r["key"], "reason": r["reason"], "payload": r["payload"]} for r in leaves.quarantine.rows]
+        if not leaves.doc_ids:
+            return Assembled({}, [], quarantined, notes={"mode": "skipped", "reason": "no document has a text vector"})
+        embed = None
+        if cfg.node_vectors == "summary" and emb.num_rows:
+            embed = embedder_for(emb["space"][0].as_py(), [self.config.embed.text]).embed
+        prev_nodes, prev_vecs = inputs.previous(nodes_dataset(cfg.name)), inputs.previous(vectors_dataset(cfg.name))
+        previous = None
+        if prev_nodes is not None and prev_vecs is not None:
+            previous = Previous(prev_nodes, prev_vecs, _fingerprint_of(inputs, nodes_dataset(cfg.name)))
+        built = build_or_refresh(cfg, leaves, previous, embed, self.params.get("generator"))
+        meta = {"tree_fingerprint": built.notes["fingerprint"]}
+        return Assembled({nodes_dataset(cfg.name): Output(built.nodes, meta=meta),
+                          vectors_dataset(cfg.name): built.node_vectors},
+                         leaves.doc_ids, quarantined, model_calls=built.model_calls, cache_hits=built.carried,
+                         notes=built.notes)
+
+    def report(self, outcome) -> None:
+        from tasks.runtime.prefect_support import run_logger
+
+        n, logger = outcome.notes, run_logger()
+        if n.get("mode") == "skipped":
+            logger.info("tree %s: skipped (%s)", self.cfg.name, n["reason"])
+            return
+        logger.info("tree %s: %s, %d documents, %d nodes, height %d, %d summarizer failures%s", self.cfg.name,
+                    n["mode"], outcome.rows_out, n["nodes"], n["height"], n["summarizer_failures"],
+                    f", {n['inserted']} inserted, {n['deleted']} deleted, {n['touched']} nodes re-summarized"
+                    if n["mode"] == "incremental" else "")
+        if _in_prefect_run() and outcome.tables:
+            from prefect.artifacts import create_markdown_artifact
+
+            nodes = outcome.tables[nodes_dataset(self.cfg.name)].table
+            create_markdown_artifact(key=f"tree-{self.cfg.name}".replace("_", "-").lower(),
+                                     markdown=outline(nodes, outcome.rows_out, n["height"]),
+                                     description=f"Top of tree {self.cfg.name}")
 
 
-@stage_task(STAGE)
-def tree_task(ctx, documents, embeddings, captions=None) -> dict:
-    """Build or refresh the semantic tree over the document text embeddings."""
-    from tasks.runtime.context import stage_clock
-
-    started_at, t0 = stage_clock()
-    cfg = ctx.config.tree
-    logger = run_logger()
-    emb = ctx.read(embeddings.name, embeddings.version)
-    embed = None
-    if cfg.node_vectors == "summary" and emb.num_rows:
-        embed = embedder_for(emb["space"][0].as_py(), [ctx.config.embed.text]).embed
-    out = run_tree(cfg, ctx.read(documents.name, documents.version), emb,
-                   captions=ctx.read(captions.name, captions.version) if captions else None,
-                   previous=previous_tree(ctx.catalog, ctx.root, cfg.name), embed=embed)
-    n = out.notes
-    logger.info("tree %s: %s, %d documents, %d nodes, height %d, %d summarizer failures%s", cfg.name, n["mode"],
-                out.rows_out, n["nodes"], n["height"], n["summarizer_failures"],
-                f", {n['inserted']} inserted, {n['deleted']} deleted, {n['touched']} nodes re-summarized"
-                if n["mode"] == "incremental" else "")
-    parents = [documents, embeddings] + ([captions] if captions else [])
-    results = ctx.record(out, parents=parents, fingerprint=n["fingerprint"], started_at=started_at, started=t0,
-                         logger=logger)
-    if _in_prefect_run():
-        _outline_artifact(ctx, cfg.name, logger)
-    return {name: r.dataset for name, r in results.items()}
+def _fingerprint_of(inputs, name: str) -> str | None:
+    """The tree fingerprint the previous version was built with (its notes, kept as meta)."""
+    ref = inputs.previous_ref(name)
+    return inputs.meta(ref).get("tree_fingerprint") if ref is not None else None
 
 
 def _in_prefect_run() -> bool:
     from prefect.context import FlowRunContext, TaskRunContext
 
     return TaskRunContext.get() is not None or FlowRunContext.get() is not None
-
-
-def _outline_artifact(ctx, name: str, logger) -> None:
-    from prefect.artifacts import create_markdown_artifact
-
-    try:
-        loaded = load_tree(ctx.catalog, ctx.root, name)
-        create_markdown_artifact(key=f"tree-{name}".replace("_", "-").lower(), markdown=_outline(loaded.tree),
-                                 description=f"Top of tree {name} ({loaded.nodes.ref})")
-    except Exception as e:  # noqa: BLE001 - the artifact is a view, never a reason to fail the stage
-        logger.warning("tree %s: no outline artifact (%s)", name, e)

@@ -1,9 +1,8 @@
 """Judgment analysis in SQL: the views and macros of `analysis.sql`, created with every catalog.
 
 Importing this module registers the DDL with the catalog (`register_ddl`), so every catalog
-opened afterwards has the views. The `judgments` view is re-pointed at the current published
-judgments dataset by `sync_judgments_view` (called after every judgments publish and before
-every analysis), so analysts can also open the catalog file in any DuckDB client and run:
+opened afterwards has the views. The `judgments` view is re-pointed at the union of the current
+label sets (`judgments/<judge>`) by `sync_judgments_view`, after every publish of one, so analysts can also open the catalog file in any DuckDB client and run:
 
     SELECT * FROM judgment_agreement('llmjudge_test_qrel_idx');
 
@@ -20,7 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from tasks.runtime.catalog import Catalog, DatasetVersion, register_ddl
+from tasks.runtime.catalog import Catalog, DatasetVersion, register_collection, register_ddl
+from tasks.runtime.sql import quote_literal
 from tasks.runtime.storage import DataRoot
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 SQL = (Path(__file__).with_name("analysis.sql")).read_text()
 register_ddl(SQL)
 
-JUDGMENTS = "judgments"
+JUDGMENTS_PREFIX = "judgments/"  # one dataset per label set; the view `judgments` is their union
 RUNS = "candidates/runs"  # imported TREC runs live beside the pipeline's candidates
 AGREEMENT_COLUMNS = ["judge", "kappa", "alpha", "kappa_0_123", "kappa_01_23", "kappa_012_3",
                      "leniency", "n_pairs"]
@@ -36,34 +36,34 @@ _COLUMNS = "query_id, doc_id, judge, grade::TINYINT AS grade, p_grade::FLOAT[4] 
            "expected_grade::FLOAT AS expected_grade, status, raw"
 
 
-def _quote(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
+def label_sets(catalog: Catalog) -> list[DatasetVersion]:
+    return [v for n, v in sorted(catalog.current_all().items()) if n.startswith(JUDGMENTS_PREFIX)]
 
 
-def sync_judgments_view(catalog: Catalog, root: DataRoot) -> DatasetVersion | None:
-    """Point the `judgments` view at the current judgments dataset.
+def sync_judgments_view(catalog: Catalog, root: DataRoot) -> list[DatasetVersion]:
+    """Point the `judgments` view at the union of every current label set.
 
-    A local data root is read in place (read_parquet); a remote one is copied into the catalog
-    as a table, since DuckDB here has no filesystem extensions for s3:// or gs://.
+    A local data root is read in place (read_parquet over the files); a remote one is copied
+    into the catalog as a table, since DuckDB here has no filesystem extensions for s3://.
     """
-    current = catalog.current(JUDGMENTS)
-    if current is None:
-        return None
-    if isinstance(root.fs, pafs.LocalFileSystem):
-        view_parquet(catalog, current.path)
-        return current
-    table = root.read(current.path)
+    from tasks.runtime.publish import data_path, read_version
+
+    current = label_sets(catalog)
+    if not current:
+        return []
     with catalog.connect() as con:
-        con.register("_judgments_in", table)
-        con.execute(f"CREATE OR REPLACE TABLE judgments_materialized AS SELECT {_COLUMNS} FROM _judgments_in")
-        con.execute("CREATE OR REPLACE VIEW judgments AS SELECT * FROM judgments_materialized")
+        if isinstance(root.fs, pafs.LocalFileSystem):
+            files = ", ".join(quote_literal(data_path(v.path)) for v in current)
+            con.execute(f"CREATE OR REPLACE VIEW judgments AS SELECT {_COLUMNS} FROM read_parquet([{files}])")
+        else:
+            table = pa.concat_tables([read_version(root, v) for v in current])
+            con.register("_judgments_in", table)
+            con.execute(f"CREATE OR REPLACE TABLE judgments_materialized AS SELECT {_COLUMNS} FROM _judgments_in")
+            con.execute("CREATE OR REPLACE VIEW judgments AS SELECT * FROM judgments_materialized")
     return current
 
 
-def view_parquet(catalog: Catalog, path: str) -> None:
-    """Point the `judgments` view at local Parquet file(s) with the judgments columns."""
-    with catalog.connect() as con:
-        con.execute(f"CREATE OR REPLACE VIEW judgments AS SELECT {_COLUMNS} FROM read_parquet({_quote(path)})")
+register_collection(JUDGMENTS_PREFIX, sync_judgments_view)
 
 
 def judges(catalog: Catalog) -> list[str]:
@@ -124,7 +124,7 @@ def system_scores(qrels: pa.Table, runs: pa.Table, measure: str = "nDCG@10") -> 
     """Mean `measure` per run (retriever) under one qrels, computed by ir_measures."""
     import ir_measures
 
-    from tasks.judgments import trec_io
+    from tasks.judge import trec_io
 
     m = ir_measures.parse_measure(measure)
     q = trec_io.ir_qrels(qrels)

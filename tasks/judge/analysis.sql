@@ -1,6 +1,6 @@
 -- Judgment analysis: views and table macros over `judgments`, created in every catalog.
 -- Idempotent; `judgments` starts as an empty view and is re-pointed at the current published
--- judgments dataset whenever one is published (tasks.judgments.analysis.sync_judgments_view).
+-- judgments dataset whenever one is published (tasks.judge.analysis.sync_judgments_view).
 -- Labels are clamped to the 0..3 scale everywhere; a judgment without a grade (parse_error,
 -- refused, error) is never a label. `ref` names the reference judge (e.g. the human qrels).
 

@@ -43,7 +43,7 @@ class Parsed:
     duplicates: int = 0
 
 
-def _lines(path: Path):
+def lines_of(path: Path):
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             try:
@@ -55,6 +55,44 @@ def _lines(path: Path):
                 yield n, line
 
 
+class BadLine(ValueError):
+    """A TREC line that does not parse; the message is the quarantine reason."""
+
+
+def parse_qrels_line(line: str) -> tuple[str, str, int]:
+    """(qid, docid, relevance) of a `qid iter docid rel` line; relevance kept as written."""
+    parts = line.split()
+    if len(parts) != 4:
+        raise BadLine(f"qrels line needs 4 fields (qid iter docid rel), found {len(parts)}")
+    qid, _, docid, rel = parts
+    try:
+        return qid, docid, int(rel)
+    except ValueError:
+        pass
+    try:
+        f = float(rel)
+    except ValueError:
+        raise BadLine(f"relevance '{rel}' is not a number") from None
+    if not f.is_integer():
+        raise BadLine(f"relevance '{rel}' is not an integer grade")
+    return qid, docid, int(f)
+
+
+def parse_run_line(line: str) -> tuple[str, str, int, float, str]:
+    """(qid, docid, rank, score, tag) of a `qid Q0 docid rank score tag` line."""
+    parts = line.split()
+    if len(parts) != 6:
+        raise BadLine(f"run line needs 6 fields (qid Q0 docid rank score tag), found {len(parts)}")
+    qid, _, docid, rank, score, tag = parts
+    try:
+        r, sc = int(rank), float(score)
+    except ValueError:
+        raise BadLine(f"rank '{rank}' or score '{score}' is not a number") from None
+    if not np.isfinite(sc):
+        raise BadLine(f"score '{score}' is not finite")
+    return qid, docid, r, sc, tag
+
+
 def read_qrels(path: str | Path, stage: str = "import_qrels") -> Parsed:
     """Parse a qrels file. A repeated (qid, docid) keeps its first label; later ones are counted
     as duplicates when equal and quarantined when they contradict it."""
@@ -62,29 +100,16 @@ def read_qrels(path: str | Path, stage: str = "import_qrels") -> Parsed:
     q = Quarantine(stage)
     rows: dict[tuple[str, str], int] = {}
     lines = dups = 0
-    for n, line in _lines(path):
+    for n, line in lines_of(path):
         lines += 1
         key = f"{path.name}:{n}"
-        if line is None:
-            q.add(key, "invalid UTF-8 in qrels line")
-            continue
-        parts = line.split()
-        if len(parts) != 4:
-            q.add(key, f"qrels line needs 4 fields (qid iter docid rel), found {len(parts)}", line.strip())
-            continue
-        qid, _, docid, rel = parts
         try:
-            value = int(rel)
-        except ValueError:
-            try:
-                f = float(rel)
-            except ValueError:
-                q.add(key, f"relevance '{rel}' is not a number", line.strip())
-                continue
-            if not f.is_integer():
-                q.add(key, f"relevance '{rel}' is not an integer grade", line.strip())
-                continue
-            value = int(f)
+            if line is None:
+                raise BadLine("invalid UTF-8 in qrels line")
+            qid, docid, value = parse_qrels_line(line)
+        except BadLine as e:
+            q.add(key, str(e), (line or "").strip() or None)
+            continue
         if (qid, docid) in rows:
             if rows[(qid, docid)] == value:
                 dups += 1
@@ -104,32 +129,70 @@ def read_run(path: str | Path, stage: str = "import_run") -> Parsed:
     cols: dict[str, list] = {k: [] for k in RUN.names}
     seen: set[tuple[str, str, str]] = set()
     lines = dups = 0
-    for n, line in _lines(path):
+    for n, line in lines_of(path):
         lines += 1
-        key = f"{path.name}:{n}"
-        if line is None:
-            q.add(key, "invalid UTF-8 in run line")
-            continue
-        parts = line.split()
-        if len(parts) != 6:
-            q.add(key, f"run line needs 6 fields (qid Q0 docid rank score tag), found {len(parts)}", line.strip())
-            continue
-        qid, _, docid, rank, score, tag = parts
         try:
-            r, s = int(rank), float(score)
-        except ValueError:
-            q.add(key, f"rank '{rank}' or score '{score}' is not a number", line.strip())
-            continue
-        if not np.isfinite(s):
-            q.add(key, f"score '{score}' is not finite", line.strip())
+            if line is None:
+                raise BadLine("invalid UTF-8 in run line")
+            qid, docid, r, sc, tag = parse_run_line(line)
+        except BadLine as e:
+            q.add(f"{path.name}:{n}", str(e), (line or "").strip() or None)
             continue
         if (tag, qid, docid) in seen:
             dups += 1
             continue
         seen.add((tag, qid, docid))
-        for k, v in zip(RUN.names, (qid, docid, r, s, tag)):
+        for k, v in zip(RUN.names, (qid, docid, r, sc, tag)):
             cols[k].append(v)
     return Parsed(pa.table(cols, schema=RUN), q, lines, dups)
+
+
+TOPICS = pa.schema([pa.field("query_id", pa.string(), nullable=False), pa.field("text", pa.string(), nullable=False)])
+
+
+def read_topics(path: str | Path, stage: str = "topics") -> Parsed:
+    """Query texts: TSV `qid<TAB>text` (TREC / LLMJudge topics), or JSONL with `query_id`|`qid`|`id`
+    and `text`|`query`. The one reader of query files (judge pools, mining, tree search); a line
+    that does not parse, an empty text or a repeated id is quarantined with its file:line."""
+    import json
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"queries file {path} does not exist")
+    q = Quarantine(stage)
+    ids, texts, seen = [], [], set()
+    lines = dups = 0
+    for n, line in lines_of(path):
+        lines += 1
+        key = f"{path.name}:{n}"
+        if line is None:
+            q.add(key, "invalid UTF-8 in a queries line")
+            continue
+        if path.suffix == ".jsonl":
+            try:
+                row = json.loads(line)
+                qid = row.get("query_id", row.get("qid", row.get("id")))
+                text = row.get("text", row.get("query"))
+            except (ValueError, AttributeError):
+                q.add(key, "queries line is not a JSON object", line.strip()[:200])
+                continue
+        else:
+            if "\t" not in line:
+                q.add(key, "expected `qid<TAB>text`", line.strip()[:200])
+                continue
+            qid, text = line.rstrip("\n").split("\t", 1)
+        qid = None if qid is None else str(qid).strip()
+        text = text.strip() if isinstance(text, str) else None
+        if not qid or not text:
+            q.add(key, "query has no id or no text", line.strip()[:200])
+            continue
+        if qid in seen:
+            dups += 1
+            continue
+        seen.add(qid)
+        ids.append(qid)
+        texts.append(text)
+    return Parsed(pa.table({"query_id": ids, "text": texts}, schema=TOPICS), q, lines, dups)
 
 
 def write_qrels(table: pa.Table, path: str | Path, relevance: str = "relevance") -> int:

@@ -1,0 +1,207 @@
+"""The writers: one function per export format. Each writes into a folder and says which units it
+wrote and why it left any out, so the export stage accounts for every unit.
+
+- flagembedding: JSONL rows {query, pos, neg, pos_scores, neg_scores, prompt, type} (one per query);
+- sentence-transformers: Parquet with anchor, positive, negative_1..n (+ optional `scores`), one
+  row per (query, positive), loadable with `datasets.load_dataset("parquet", data_files=...)`;
+- mbeir: M-BEIR-style queries JSONL plus a candidate pool and images;
+- trec: qrels per judge (and the mined positives) and runs per retriever;
+- parquet: every current dataset of the catalog.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from schemas.config import ExportConfig
+
+MBEIR_MODALITY = {"text": "text", "image": "image", "interleaved": "image,text"}
+
+
+@dataclass
+class Written:
+    counts: dict
+    written: list[str] = field(default_factory=list)  # unit ids
+    skipped: list[dict] = field(default_factory=list)  # {key: unit id, reason}
+
+
+@dataclass
+class Grouped:
+    """Negatives grouped per query: positives and negatives in rank order, with scores."""
+
+    query_id: str
+    query_text: str
+    positives: list[tuple[str, float | None]]
+    negatives: list[tuple[str, float]]
+
+
+def group_negatives(negatives: pa.Table, query_texts: dict[str, str]) -> list[Grouped]:
+    t = negatives.sort_by([("query_id", "ascending"), ("rank", "ascending"), ("pos_doc_id", "ascending")])
+    out: dict[str, Grouped] = {}
+    for q, qt, p, ps, n, ns in zip(*(t[c].to_pylist() for c in
+                                     ("query_id", "query_text", "pos_doc_id", "pos_score", "neg_doc_id", "score"))):
+        g = out.setdefault(q, Grouped(q, qt or query_texts.get(q, ""), [], []))
+        if p not in {x for x, _ in g.positives}:
+            g.positives.append((p, ps))
+        if n not in {x for x, _ in g.negatives}:
+            g.negatives.append((n, ns))
+    for g in out.values():
+        g.positives.sort(key=lambda x: (-(x[1] if x[1] is not None else float("-inf")), x[0]))
+    return list(out.values())
+
+
+def write_flagembedding(groups: list[Grouped], texts: dict[str, str], out: Path, cfg: ExportConfig) -> Written:
+    """FlagEmbedding fine-tuning JSONL; documents without any text are left out and counted."""
+    w = Written({})
+    skipped_docs = 0
+    with open(out / "train.jsonl", "w", encoding="utf-8") as f:
+        for g in groups:
+            pos = [(texts[d], s) for d, s in g.positives if texts.get(d)]
+            neg = [(texts[d], s) for d, s in g.negatives if texts.get(d)]
+            skipped_docs += len(g.positives) + len(g.negatives) - len(pos) - len(neg)
+            if not pos or not g.query_text:
+                w.skipped.append({"key": g.query_id, "reason": "no positive with text" if g.query_text
+                                  else "the query has no text"})
+                continue
+            f.write(json.dumps({"query": g.query_text, "pos": [t for t, _ in pos], "neg": [t for t, _ in neg],
+                                "pos_scores": [s for _, s in pos], "neg_scores": [s for _, s in neg],
+                                "prompt": cfg.prompt, "type": cfg.task_type}, ensure_ascii=False) + "\n")
+            w.written.append(g.query_id)
+    w.counts = {"rows": len(w.written), "documents_without_text": skipped_docs, "files": ["train.jsonl"]}
+    return w
+
+
+def st_tuples(negatives: pa.Table, texts: dict[str, str]) -> dict[tuple[str, str], list]:
+    """(query, positive) -> [positive score, [(negative text, score), ...] in rank order]."""
+    t = negatives.sort_by([("query_id", "ascending"), ("pos_doc_id", "ascending"), ("rank", "ascending")])
+    tuples: dict[tuple[str, str], list] = {}
+    for q, p, ps, n, ns in zip(*(t[c].to_pylist() for c in ("query_id", "pos_doc_id", "pos_score", "neg_doc_id",
+                                                              "score"))):
+        e = tuples.setdefault((q, p), [ps, []])
+        if texts.get(n):
+            e[1].append((texts[n], ns))
+    return tuples
+
+
+def write_sentence_transformers(tuples: dict[tuple[str, str], list], texts: dict[str, str], out: Path,
+                                cfg: ExportConfig, query_text: dict[str, str]) -> Written:
+    """(anchor, positive, negative_1..n) rows, one per (query, positive); a tuple short of n
+    negatives with text is left out with the reason, as sentence-transformers' n-tuple format does."""
+    counts = [len(v[1]) for v in tuples.values()]
+    n = cfg.num_negatives or (max(set(counts), key=counts.count) if counts else 1)
+    cols: dict[str, list] = {"anchor": [], "positive": [], **{f"negative_{i}": [] for i in range(1, n + 1)}}
+    scores: list[list[float | None]] = []
+    w = Written({})
+    for (q, p), (ps, negs) in tuples.items():
+        uid = f"{q}/{p}"
+        if not query_text.get(q) or not texts.get(p):
+            w.skipped.append({"key": uid, "reason": "the query or its positive has no text"})
+            continue
+        if len(negs) < n:
+            w.skipped.append({"key": uid, "reason": f"only {len(negs)} negatives with text, {n} asked "
+                              "(lower export.num_negatives or mine more)"})
+            continue
+        cols["anchor"].append(query_text[q])
+        cols["positive"].append(texts[p])
+        for i, (txt, _) in enumerate(negs[:n], 1):
+            cols[f"negative_{i}"].append(txt)
+        scores.append([ps] + [s for _, s in negs[:n]])
+        w.written.append(uid)
+    table = pa.table({k: pa.array(v, pa.string()) for k, v in cols.items()})
+    if cfg.scores:
+        table = table.append_column("scores", pa.array(scores, pa.list_(pa.float32())))
+    (out / "data").mkdir()
+    pq.write_table(table, out / "data" / "train-00000-of-00001.parquet")
+    w.counts = {"rows": table.num_rows, "num_negatives": n, "rows_dropped_short": len(w.skipped),
+                "columns": table.column_names, "files": ["data/train-00000-of-00001.parquet"]}
+    return w
+
+
+def write_mbeir(groups: list[Grouped], documents: pa.Table, texts: dict[str, str], out: Path, cfg: ExportConfig,
+                corpus_root: Path | None, query_modality: dict[str, str]) -> Written:
+    """M-BEIR-style queries and candidate pool; images are copied (or linked) under images/."""
+    (out / "images").mkdir()
+    images = copied = missing = 0
+    with open(out / "candidates.jsonl", "w", encoding="utf-8") as f:
+        for d, m, uri in zip(documents["doc_id"].to_pylist(), documents["modality"].to_pylist(),
+                             documents["image_uri"].to_pylist()):
+            img = None
+            if uri:
+                images += 1
+                img = f"images/{uri}"
+                src = (corpus_root / uri) if corpus_root else None
+                if src is not None and src.exists():
+                    (out / img).parent.mkdir(parents=True, exist_ok=True)
+                    if cfg.images == "link":
+                        os.symlink(src.resolve(), out / img)
+                    else:
+                        shutil.copyfile(src, out / img)
+                    copied += 1
+                else:
+                    missing += 1
+            f.write(json.dumps({"did": d, "txt": texts.get(d) if m != "image" else None, "img_path": img,
+                                "modality": MBEIR_MODALITY.get(m, m)}, ensure_ascii=False) + "\n")
+    w = Written({})
+    with open(out / "queries.jsonl", "w", encoding="utf-8") as f:
+        for g in groups:
+            f.write(json.dumps({"qid": g.query_id, "query_txt": g.query_text, "query_img_path": None,
+                                "query_modality": "text", "target_modality": query_modality.get(g.query_id),
+                                "pos_cand_list": [d for d, _ in g.positives],
+                                "neg_cand_list": [d for d, _ in g.negatives]}, ensure_ascii=False) + "\n")
+            w.written.append(g.query_id)
+    w.counts = {"queries": len(groups), "candidates": documents.num_rows, "images": images, "images_written": copied,
+                "images_missing": missing, "files": ["queries.jsonl", "candidates.jsonl", "images/"]}
+    return w
+
+
+def write_trec(tables: dict[str, pa.Table], out: Path, negatives: str) -> Written:
+    """qrels per judge (plus the mined positives) and one run per retriever of every candidates table."""
+    from tasks.judge.trec_io import write_qrels, write_run
+
+    (out / "qrels").mkdir()
+    (out / "runs").mkdir()
+    files, counts = [], {}
+    for name in sorted(n for n in tables if n.startswith("judgments/")):
+        ok = tables[name].filter(pc.is_valid(tables[name]["grade"]))
+        for judge in sorted(set(ok["judge"].to_pylist())):
+            t = ok.filter(pc.equal(ok["judge"], judge))
+            fname = f"qrels/{slug(judge)}.txt"
+            counts[fname] = write_qrels(pa.table({"query_id": t["query_id"], "doc_id": t["doc_id"],
+                                                  "relevance": t["grade"]}), out / fname)
+            files.append(fname)
+    neg = tables.get(negatives)
+    if neg is not None and neg.num_rows:
+        pairs = neg.group_by(["query_id", "pos_doc_id"]).aggregate([])
+        counts["qrels/positives.txt"] = write_qrels(pa.table({
+            "query_id": pairs["query_id"], "doc_id": pairs["pos_doc_id"],
+            "relevance": pa.array([1] * pairs.num_rows, pa.int32())}), out / "qrels/positives.txt")
+        files.append("qrels/positives.txt")
+    for name in sorted(n for n in tables if n.split("/", 1)[0] == "candidates"):
+        t = tables[name]
+        for retriever in sorted(set(t["retriever"].to_pylist())):
+            r = t.filter(pc.equal(t["retriever"], retriever))
+            fname = f"runs/{slug(name.replace('/', '__'))}.{slug(retriever)}.txt"
+            counts[fname] = write_run(r.select(["query_id", "doc_id", "score"]), out / fname, tag=slug(retriever))
+            files.append(fname)
+    return Written({"rows": counts, "files": files}, sorted(tables))
+
+
+def write_parquet(tables: dict[str, pa.Table], out: Path) -> Written:
+    counts = {}
+    for name in sorted(tables):
+        fname = f"{name.replace('/', '__')}.parquet"
+        pq.write_table(tables[name], out / fname, compression="zstd")
+        counts[fname] = tables[name].num_rows
+    return Written({"rows": counts, "files": sorted(counts)}, sorted(tables))
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"

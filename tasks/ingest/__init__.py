@@ -1,0 +1,1 @@
+"""Ingest: image folders, COCO caption files and JSONL/Parquet manifests -> `documents`."""

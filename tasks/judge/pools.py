@@ -1,0 +1,150 @@
+"""Pair pools: which (query, document) pairs the judge stage grades, as its units.
+
+From files: a qrels file, a run file or Parquet naming the pairs, a topics file and a passages
+file (JSONL `docid`/`doc` as LLMJudge ships it, `doc_id`/`text`, or the manifest's `id`/`text`;
+or Parquet). From the catalog: the usable synthetic queries x their top-k documents in the text
+index (the one top-k, on query vectors from the embed cache), plus each query's own source when
+answerability is on. A pair that cannot be judged (no query text, no document text) is rejected
+with the reason.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tasks.corpus import document_texts
+from tasks.runtime.ids import cache_key, record_id
+from tasks.runtime.stage import KEY, UNIT, Units
+
+SCHEMA = pa.schema([(UNIT, pa.string()), (KEY, pa.string()), ("query_id", pa.string()), ("query_text", pa.string()),
+                    ("doc_id", pa.string()), ("doc_text", pa.string()), ("image_path", pa.string())])
+
+
+def pair_units(pairs: list[tuple], fp: str, rejected: list[dict], duplicates: list[str]) -> Units:
+    """Units from (query_id, query_text, doc_id, doc_text, image_path, image_sha256) tuples."""
+    cols = {n: [] for n in SCHEMA.names}
+    for qid, qt, did, dt, img, img_sha in pairs:
+        for k, v in zip(SCHEMA.names, (f"{qid}/{did}", cache_key(record_id(qt, dt, img_sha), fp), qid, qt, did, dt, img)):
+            cols[k].append(v)
+    return Units(pa.table(cols, schema=SCHEMA), rejected, duplicates)
+
+
+def read_passages(path: str | Path) -> dict[str, str]:
+    """Passages by id: JSONL `docid`/`doc` (LLMJudge), `doc_id`/`text` or `id`/`text` (the
+    manifest format); or Parquet with doc_id (or id) and text."""
+    path = Path(path)
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(path)
+        idcol = "doc_id" if "doc_id" in t.column_names else "id"
+        return {str(d): x for d, x in zip(t[idcol].to_pylist(), t["text"].to_pylist())}
+    out = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    r = json.loads(line)
+                except ValueError:
+                    continue  # an unreadable passage line: its pairs are rejected as "no text"
+                if not isinstance(r, dict):
+                    continue
+                did = r.get("docid", r.get("doc_id", r.get("id")))
+                text = r.get("doc", r.get("text"))
+                if did is not None:
+                    out[str(did)] = text if isinstance(text, str) else None
+    return out
+
+
+def units_from_files(pairs: str | Path, queries: str | Path, docs: str | Path, fp: str,
+                     limit: int | None = None) -> Units:
+    """Pairs named by a qrels file, a run file or a Parquet file (query_id, doc_id), with the
+    query texts from a topics file and the document texts from a passages file."""
+    from tasks.judge import trec_io
+
+    pairs = Path(pairs)
+    rejected: list[dict] = []
+    duplicates: list[str] = []
+    keys: list[tuple[str, str]] = []
+    if pairs.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(pairs, columns=["query_id", "doc_id"])
+        raw = list(zip(map(str, t["query_id"].to_pylist()), map(str, t["doc_id"].to_pylist())))
+    else:
+        raw = []
+        for n, line in trec_io.lines_of(pairs):
+            parts = None if line is None else line.split()
+            if not parts or len(parts) < 3:
+                rejected.append({"key": f"{pairs.name}:{n}", "reason": "pairs line needs at least qid, iter and docid",
+                                 "payload": (line or "").strip() or None})
+                continue
+            raw.append((parts[0], parts[2]))
+    seen = set()
+    for k in raw:
+        if k in seen:
+            duplicates.append(f"{k[0]}/{k[1]}")
+            continue
+        seen.add(k)
+        keys.append(k)
+    if limit is not None:
+        keys = keys[:limit]  # pairs left out on purpose are not input to this run
+    topics = trec_io.read_topics(queries)
+    qtext = dict(zip(topics.table["query_id"].to_pylist(), topics.table["text"].to_pylist()))
+    passages = read_passages(docs)
+    ok = []
+    for qid, did in keys:
+        qt, dt = qtext.get(qid), passages.get(did)
+        if not qt:
+            rejected.append({"key": f"{qid}/{did}", "reason": f"query {qid} has no text in {Path(queries).name}"})
+        elif dt is None or not str(dt).strip():
+            rejected.append({"key": f"{qid}/{did}", "reason": f"document {did} has no text in {Path(docs).name}"})
+        else:
+            ok.append((qid, qt, did, dt, None, None))
+    return pair_units(ok, fp, rejected, duplicates)
+
+
+def units_from_catalog(inputs, top_k: int, fp: str, with_sources: bool = False) -> Units:
+    """The usable synthetic queries x their top-k documents in the text index (+ their sources)."""
+    from tasks.embed import text_vectors
+    from tasks.queries.stage import text_index, usable_queries
+
+    queries = usable_queries(inputs["queries"])
+    documents = inputs["documents"]
+    index = text_index(inputs)
+    if index is None:
+        raise LookupError("judging the build's queries needs the text index (the index stage)")
+    qids, qtexts = queries["query_id"].to_pylist(), queries["text"].to_pylist()
+    pairs: dict[str, list[str]] = {q: [] for q in qids}
+    if qids:
+        vecs = text_vectors(inputs, qtexts)
+        _, found = index.search_docs(vecs, top_k)
+        for q, row in zip(qids, found):
+            pairs[q] = [index.docs[j] for j in row if j >= 0]
+    if with_sources:
+        for q, d in zip(qids, queries["doc_id"].to_pylist()):
+            if d not in pairs[q]:
+                pairs[q].append(d)
+    dtext = document_texts(documents, inputs.get("captions"))
+    root = inputs.corpus_root
+    meta = {d: (u, s) for d, u, s in zip(documents["doc_id"].to_pylist(), documents["image_uri"].to_pylist(),
+                                         documents["image_sha256"].to_pylist())}
+    qtext = dict(zip(qids, qtexts))
+    rejected, ok = [], []
+    for q in qids:
+        for d in sorted(pairs[q]):
+            if not dtext.get(d):
+                rejected.append({"key": f"{q}/{d}", "reason": f"document {d} has neither text nor a caption to judge"})
+                continue
+            uri, sha = meta.get(d, (None, None))
+            ok.append((q, qtext[q], d, dtext[d], str(root / uri) if uri else None, sha))
+    return pair_units(ok, fp, rejected, [])
+
+
+def grades_of(table: pa.Table) -> dict[tuple[str, str], int]:
+    """(query_id, doc_id) -> grade over the graded rows of a judgments table."""
+    t = table.filter(pc.is_valid(table["grade"]))
+    return dict(zip(zip(t["query_id"].to_pylist(), t["doc_id"].to_pylist()), t["grade"].to_pylist()))

@@ -1,0 +1,116 @@
+"""What a stage sees while it runs: its declared input datasets, its own previous outputs, and the
+services every stage shares (text vectors through the embed stage's cache).
+
+Inputs are read lazily and at most once per stage run. `Inputs.of(config, tables)` builds the
+same object over in-memory tables, so a stage's pure steps run in a unit test without a catalog.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from tasks.runtime.catalog import DatasetVersion
+
+if TYPE_CHECKING:
+    from schemas.config import BuildConfig
+    from tasks.runtime.lifecycle import Run
+
+
+@dataclass
+class Counters:
+    """Model work done through shared services during one stage run (added to its stage_runs row)."""
+
+    model_calls: int = 0
+    cache_hits: int = 0
+
+
+class Inputs:
+    def __init__(self, config: "BuildConfig", refs: dict[str, DatasetVersion] | None = None,
+                 run: "Run | None" = None, tables: dict[str, pa.Table] | None = None,
+                 previous: dict[str, DatasetVersion] | None = None, params: dict | None = None,
+                 cache_root=None):
+        self.config = config
+        self.run = run
+        self.cache_root = cache_root if cache_root is not None else (run.root if run is not None else None)
+        self.refs: dict[str, DatasetVersion] = dict(refs or {})
+        self._tables: dict[str, pa.Table] = dict(tables or {})
+        self._previous = dict(previous or {})
+        self.params = dict(params or {})
+        self.counters = Counters()
+        self.workspace: Path | None = None  # a private folder for stages that write files (exports)
+
+    @classmethod
+    def of(cls, config: "BuildConfig", tables: dict[str, pa.Table], cache_root=None, **params) -> "Inputs":
+        """Inputs over in-memory tables (unit tests, notebooks); `cache_root` (a DataRoot) holds the
+        work caches of shared services, none by default."""
+        return cls(config, tables={k: v for k, v in tables.items() if v is not None}, params=params,
+                   cache_root=cache_root)
+
+    # -- datasets ---------------------------------------------------------------------------
+    def __contains__(self, name: str) -> bool:
+        return name in self._tables or name in self.refs
+
+    def __getitem__(self, name: str) -> pa.Table:
+        table = self.get(name)
+        if table is None:
+            raise KeyError(f"input dataset '{name}' is not available to this stage")
+        return table
+
+    def get(self, name: str) -> pa.Table | None:
+        if name not in self._tables:
+            ref = self.refs.get(name)
+            if ref is None or self.run is None:
+                return None
+            self._tables[name] = self.run.read(ref.name, ref.version)
+        return self._tables[name]
+
+    def ref(self, name: str) -> DatasetVersion | None:
+        return self.refs.get(name)
+
+    def matching(self, prefix: str) -> list[str]:
+        """Names of the inputs under a glob read's prefix (`judgments/` for `judgments/*`)."""
+        return sorted(n for n in set(self.refs) | set(self._tables) if n.startswith(prefix))
+
+    def concat(self, prefix: str) -> pa.Table | None:
+        """Every input under a prefix as one table (e.g. all judgment label sets)."""
+        tables = [self.get(n) for n in self.matching(prefix)]
+        tables = [t for t in tables if t is not None]
+        if not tables:
+            return None
+        return pa.concat_tables(tables, promote_options="default")
+
+    # -- the stage's own previous outputs (incremental stages) ----------------------------------
+    def previous_ref(self, name: str) -> DatasetVersion | None:
+        return self._previous.get(name)
+
+    def previous(self, name: str) -> pa.Table | None:
+        key = f"previous:{name}"
+        if key not in self._tables:
+            ref = self._previous.get(name)
+            if ref is None or self.run is None:
+                return self._tables.get(key)
+            self._tables[key] = self.run.read(ref.name, ref.version)
+        return self._tables[key]
+
+    def attachment(self, ref: DatasetVersion, filename: str) -> str | None:
+        """A local path to a file stored with a dataset version (downloaded when the root is remote)."""
+        if self.run is None:
+            return None
+        return self.run.attachment(ref, filename)
+
+    def meta(self, ref: DatasetVersion | None) -> dict:
+        if ref is None or self.run is None:
+            return {}
+        return self.run.catalog.meta(ref.name, ref.version)
+
+    # -- environment ------------------------------------------------------------------------
+    @property
+    def corpus_root(self) -> Path:
+        return self.config.corpus_root
+
+    @property
+    def root(self):
+        return self.run.root if self.run else None

@@ -1,0 +1,99 @@
+"""The one run lifecycle: lock -> start_run -> stages -> finish_run, for every flow and command
+that writes (build, refresh, judge, search, export, mine, the imports).
+
+    with open_run(config, "build") as run:
+        run_stage(run, Ingest(config))
+
+The run holds the catalog's lock for its whole duration, so two writers never interleave; the
+run row ends `completed` or `failed` with the error, whatever happens inside.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import posixpath
+import tempfile
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import pyarrow as pa
+
+from schemas.config import BuildConfig
+from tasks.runtime.catalog import Catalog, DatasetVersion
+from tasks.runtime.ids import canonical_json, fingerprint
+from tasks.runtime.publish import read
+from tasks.runtime.storage import DataRoot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """A recorded run: its config, catalog, data root and id, and what its stages did."""
+
+    config: BuildConfig
+    catalog: Catalog
+    root: DataRoot
+    run_id: str | None = None
+    flow: str = "run"
+    summaries: list[dict] = field(default_factory=list)
+    logger: logging.Logger | logging.LoggerAdapter = field(default_factory=lambda: logging.getLogger("corpusforge"))
+    quiet: bool = False
+    _downloads: tempfile.TemporaryDirectory | None = None
+
+    @classmethod
+    def open(cls, config: BuildConfig, **kwargs) -> "Run":
+        """A run over the config's catalog and data root, not yet started (reads, tests)."""
+        return cls(config, Catalog(config.catalog_path), DataRoot(config.data_root_uri), **kwargs)
+
+    def read(self, name: str, version: int | None = None) -> pa.Table:
+        return read(self.catalog, self.root, name, version)
+
+    def current(self, name: str) -> DatasetVersion | None:
+        return self.catalog.current(name)
+
+    def attachment(self, ref: DatasetVersion, filename: str) -> str | None:
+        """A local path to a file stored with a dataset version, or None when it has none."""
+        path = posixpath.join(ref.path, filename)
+        if not self.root.exists(path):
+            return None
+        if self.root.is_local:
+            return path
+        if self._downloads is None:
+            self._downloads = tempfile.TemporaryDirectory(prefix="corpusforge-")
+        local = os.path.join(self._downloads.name, f"{ref.name.replace('/', '__')}-v{ref.version}-{filename}")
+        if not os.path.exists(local):
+            self.root.download(path, local)
+        return local
+
+    @contextlib.contextmanager
+    def progress(self, stage: str):
+        from tasks.runtime.progress import Progress
+
+        with Progress.for_stage(stage, quiet=self.quiet, logger=self.logger) as p:
+            yield p
+
+
+@contextlib.contextmanager
+def open_run(config: BuildConfig, flow: str, *, params: dict | None = None, holder: str | None = None,
+             prefect_flow_run_id: str | None = None, logger=None, quiet: bool = False) -> Iterator[Run]:
+    """Lock the catalog, record the run, yield it, and record how it ended."""
+    run = Run.open(config, flow=flow, quiet=quiet)
+    if logger is not None:
+        run.logger = logger
+    described = params if params is not None else config.model_dump(mode="json")
+    with run.catalog.run_lock(config.flow.lock_timeout_s, holder=holder or f"{flow} of '{config.name}'"):
+        run.catalog.mark_abandoned_runs()
+        run.run_id = run.catalog.start_run(flow, config.name, fingerprint(described), canonical_json(described),
+                                           prefect_flow_run_id=prefect_flow_run_id)
+        try:
+            yield run
+        except BaseException as e:
+            run.catalog.finish_run(run.run_id, "failed", f"{type(e).__name__}: {e}"[:2000])
+            raise
+        else:
+            run.catalog.finish_run(run.run_id, "completed")
+        finally:
+            if run._downloads is not None:
+                run._downloads.cleanup()
