@@ -14,5 +14,6 @@ for _key, _value in {
     "TRANSFORMERS_OFFLINE": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
     "TOKENIZERS_PARALLELISM": "false",
+    "LANCE_LOG": "error",
 }.items():
     os.environ.setdefault(_key, _value)

@@ -36,13 +36,16 @@ def catalog_path(args) -> str:
 
 
 def open_catalog(args, must_exist: bool = True):
+    from flows.common import config_for
     from tasks.runtime.catalog import Catalog
+    from tasks.runtime.storage import DataRoot
 
-    path = catalog_path(args)
+    cfg = config_for(getattr(args, "catalog", None), getattr(args, "config", None))
+    path = cfg.catalog_path
     if must_exist and not Path(path).exists():
         raise SystemExit(f"no catalog at {path}: run `corpusforge build --config FILE` first, "
                          "or pass --catalog PATH / --config FILE")
-    return Catalog(path)
+    return Catalog(path, DataRoot(cfg.data_root_uri))
 
 
 def add_catalog_args(p: argparse.ArgumentParser) -> None:

@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-from tasks.runtime.publish import data_path
 
 
 def _current(args, name: str):
@@ -25,13 +24,13 @@ def cmd_queries(args) -> int:
     if args.summary:
         from tasks.queries.stage import summary
 
-        table = cat.query("SELECT * FROM read_parquet(?)", [data_path(ds.path)])
+        table = cat.query("SELECT * FROM queries")
         s = summary(table)
         print(f"queries v{ds.version}: {table.num_rows} candidates")
         print_table([{"target": t} | c for t, c in s["per_target"].items()], args.format)
         print_table([{"filter": f} | r for f, r in s["filters"].items()], args.format)
         return 0
-    where, params = ["true"], [data_path(ds.path)]
+    where, params = ["true"], []
     if args.target:
         where.append("target_modality = ?")
         params.append(args.target)
@@ -43,7 +42,7 @@ def cmd_queries(args) -> int:
     print_table(cat.query(
         "SELECT query_id, target_modality AS target, text, passed, reject_reason, roundtrip_rank, "
         "round(copy_overlap, 2) AS copy_overlap, generator, prompt_version, source_text "
-        f"FROM read_parquet(?) WHERE {' AND '.join(where)} ORDER BY query_id LIMIT ?", params), args.format)
+        f"FROM queries WHERE {' AND '.join(where)} ORDER BY query_id LIMIT ?", params), args.format)
     return 0
 
 
@@ -51,12 +50,12 @@ def cmd_captions(args) -> int:
     from flows.cli import print_table
 
     cat, ds = _current(args, "captions")
-    where, params = "true", [data_path(ds.path)]
+    where, params = "true", []
     if args.source:
         where = "source = ?"
         params.append(args.source)
     params.append(args.limit)
-    print_table(cat.query("SELECT doc_id, source, captioner, prompt_version, text FROM read_parquet(?) "
+    print_table(cat.query("SELECT doc_id, source, captioner, prompt_version, text FROM captions "
                           f"WHERE {where} ORDER BY doc_id, source LIMIT ?", params), args.format)
     return 0
 

@@ -30,7 +30,8 @@ def _catalog(args):
     from tasks.runtime.storage import DataRoot
 
     cfg = _config(args)
-    cat, root = Catalog(cfg.catalog_path), DataRoot(cfg.data_root_uri)
+    root = DataRoot(cfg.data_root_uri)
+    cat = Catalog(cfg.catalog_path, root)
     sync_judgments_view(cat, root)
     return cfg, cat, root
 

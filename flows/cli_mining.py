@@ -17,7 +17,8 @@ def cmd_search_index(args) -> int:
     from tasks.runtime.storage import DataRoot
 
     cfg = config_for(args.catalog, args.config)
-    catalog, root = Catalog(cfg.catalog_path), DataRoot(cfg.data_root_uri)
+    root = DataRoot(cfg.data_root_uri)
+    catalog = Catalog(cfg.catalog_path, root)
     embedder = None
     if args.config and args.index == "text":
         from tasks.backends.embedders import local_text_embedder

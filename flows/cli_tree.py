@@ -28,7 +28,8 @@ def _store(args):
     cfg = config_for(getattr(args, "catalog", None), getattr(args, "config", None))
     if not Path(cfg.catalog_path).exists():
         raise SystemExit(f"no catalog at {cfg.catalog_path}: build a corpus first")
-    return _config(args), Catalog(cfg.catalog_path), DataRoot(cfg.data_root_uri)
+    root = DataRoot(cfg.data_root_uri)
+    return _config(args), Catalog(cfg.catalog_path, root), root
 
 
 def _tree_name(args, config) -> str:

@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS stage_runs (
 CREATE TABLE IF NOT EXISTS datasets (
     name              VARCHAR NOT NULL,
     version           INTEGER NOT NULL,
-    path              VARCHAR NOT NULL,          -- Parquet file under the data root
+    path              VARCHAR NOT NULL,          -- the dataset's Lance table, relative to the data root
     row_count         BIGINT NOT NULL,
     content_hash      VARCHAR NOT NULL,
     schema_fingerprint VARCHAR NOT NULL,
@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS datasets (
     PRIMARY KEY (name, version)
 );
 ALTER TABLE datasets ADD COLUMN IF NOT EXISTS meta VARCHAR;
+ALTER TABLE datasets ADD COLUMN IF NOT EXISTS table_version BIGINT;  -- the Lance version of the dataset
 
 CREATE TABLE IF NOT EXISTS lineage (
     name              VARCHAR NOT NULL,

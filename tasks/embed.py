@@ -25,6 +25,15 @@ SERVICE_LOCAL_BELOW = 20_000  # text_vectors embeds fewer texts than this in-pro
 IMAGE_DATASET = "embeddings/image"
 
 
+def _const(value: str, n: int) -> pa.Array:
+    return pa.array([value] * n, pa.string())
+
+
+def _with_sha(items: pa.Table) -> pa.Table:
+    return items.append_column("content_sha256", pa.array([text_sha256(t) for t in items["text"].to_pylist()],
+                                                          pa.string()))
+
+
 def text_items(documents: pa.Table, captions: pa.Table | None = None) -> pa.Table:
     """Document texts and caption texts, each with the sha256 of the text it embeds."""
     docs = documents.filter(pc.is_valid(documents["text"]))
@@ -46,11 +55,21 @@ def image_items(documents: pa.Table) -> pa.Table:
                      "content_sha256": docs["image_sha256"]})
 
 
+CHUNK_ROWS = 50_000  # items per chunk: the flow process never holds more of a space than this
+
+
 class _Embed(Stage):
-    """What the text and image spaces share: items in, one vector per item out."""
+    """What the text and image spaces share: items in, one vector per item out.
+
+    A streaming delta stage: items are read from the input shards chunk by chunk, an item whose
+    vector the current version already holds (same kind, id, content and space) is carried over
+    untouched, new items go to the encoder, whose workers write the output rows as shards, and
+    items that are gone become deletion files of the next version.
+    """
 
     kind: str
     dataset: str
+    incremental = True
 
     @property
     def embed(self) -> EmbedConfig:
@@ -59,39 +78,93 @@ class _Embed(Stage):
     def space(self) -> str:
         raise NotImplementedError
 
-    def items(self, inputs) -> pa.Table:
+    def item_batches(self, inputs):
+        """The items to embed, in batches (each with item_id, item_kind, doc_id, content_sha256, ...)."""
         raise NotImplementedError
 
-    def units(self, inputs) -> Units:
-        items = self.items(inputs)
+    def output_mode(self, name: str):
+        return "delta", None
+
+    def units(self, inputs):
+        import duckdb
+
         fp = self.work_fingerprint()
-        keys = pa.array([cache_key(c, fp) for c in items["content_sha256"].to_pylist()], pa.string())
-        return Units(items.append_column(UNIT, items["item_id"]).append_column(KEY, keys))
+        self._db = db = duckdb.connect()
+        db.execute("SET preserve_insertion_order = false")
+        db.execute("CREATE TABLE seen (item_kind VARCHAR, item_id VARCHAR, content_sha256 VARCHAR)")
+        prev = inputs.previous_ref(self.dataset)
+        self._prev = prev is not None and inputs.run is not None
+        if self._prev:
+            ds = inputs.previous_dataset(self.dataset)
+            reader = ds.scanner(columns=["item_kind", "item_id", "content_sha256", "space"], with_row_address=True,
+                                batch_size=65_536).to_reader()
+            db.register("prev_in", reader)
+            db.execute("CREATE TABLE prev AS SELECT * FROM prev_in")
+            db.unregister("prev_in")
+        for batch in self.item_batches(inputs):
+            items = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+            if items.num_rows == 0:
+                continue
+            db.register("chunk", items.select(["item_kind", "item_id", "content_sha256"]))
+            db.execute("INSERT INTO seen SELECT * FROM chunk")
+            kept = 0
+            if self._prev:
+                done = db.sql("SELECT item_kind, item_id, content_sha256 FROM chunk SEMI JOIN "
+                              "(SELECT * FROM prev WHERE space = $space) USING (item_kind, item_id, content_sha256)",
+                              params={"space": self.space()}).to_arrow_table()
+                kept = done.num_rows
+                if kept:
+                    mask = pc.is_in(pc.binary_join_element_wise(items["item_kind"], items["item_id"],
+                                                                items["content_sha256"], "\x00"),
+                                    value_set=pc.binary_join_element_wise(done["item_kind"], done["item_id"],
+                                                                          done["content_sha256"], "\x00"))
+                    items = items.filter(pc.invert(mask))
+            db.unregister("chunk")
+            keys = pa.array([cache_key(c, fp) for c in items["content_sha256"].to_pylist()], pa.string())
+            yield Units(items.append_column(UNIT, items["item_id"]).append_column(KEY, keys), kept=kept)
 
-    def payload(self, unit: dict) -> dict:
-        return {"item_id": unit["item_id"], "doc_id": unit["doc_id"]}
+    def finish(self, inputs) -> dict:
+        db = getattr(self, "_db", None)
+        if db is None:
+            return {}
+        try:
+            if not self._prev:
+                return {"notes": {"space": self.space()}}
+            gone = db.execute("SELECT _rowaddr FROM (SELECT * FROM prev WHERE space = ?) "
+                              "ANTI JOIN seen USING (item_kind, item_id, content_sha256) "
+                              "UNION ALL SELECT _rowaddr FROM prev WHERE space <> ?",
+                              [self.space(), self.space()]).fetchnumpy()["_rowaddr"].tolist()
+            return {self.dataset: {"deleted": gone}, "notes": {"space": self.space(), "deleted": len(gone)}}
+        finally:
+            db.close()
+            self._db = None
 
-    def assemble(self, inputs, units: pa.Table, results: pa.Table | None) -> Assembled:
-        if results is None or results.num_rows == 0:
-            dim = 1
-            table = embeddings_schema(dim).empty_table()
-            return Assembled({self.dataset: table}, [], [], notes={"space": self.space(), "dim": 0})
+    def batch_outputs(self, units: pa.Table, results: pa.Table) -> dict[str, pa.Table]:
+        """The embeddings rows of a batch (in the worker that embedded it)."""
+        if units.num_rows == 0:
+            return {}
         idx = pc.index_in(units[KEY], value_set=results[KEY])
         vecs = results["vector"].take(idx)
-        dim = results.schema.field("vector").type.list_size if pa.types.is_fixed_size_list(
-            results.schema.field("vector").type) else len(results["vector"][0])
+        dim = len(vecs[0]) if not pa.types.is_fixed_size_list(vecs.type) else vecs.type.list_size
         table = pa.table({
             "item_id": units["item_id"], "item_kind": units["item_kind"], "doc_id": units["doc_id"],
             "content_sha256": units["content_sha256"],
             "space": pa.array([self.space()] * units.num_rows, pa.string()),
             "vector": vecs.cast(pa.list_(pa.float32(), dim)),
         }, schema=embeddings_schema(dim))
-        return Assembled({self.dataset: table}, units[UNIT].to_pylist(), notes={"space": self.space(), "dim": dim})
+        return {self.dataset: table}
+
+    def payload(self, unit: dict) -> dict:
+        return {"item_id": unit["item_id"], "doc_id": unit["doc_id"]}
+
+    def assemble(self, inputs, units: pa.Table, results: pa.Table | None) -> Assembled:
+        """Per chunk: every unit the work did not fail on has its row in a staged shard."""
+        return Assembled({}, units[UNIT].to_pylist())
 
     def report(self, outcome) -> None:
         from tasks.runtime.prefect_support import run_logger
 
-        run_logger().info("%s: %d items, %d sent to the model, %d from cache", self.name, outcome.rows_in,
+        run_logger().info("%s: %d items, %d sent to the model, %d reused", self.name, outcome.rows_in,
                           outcome.model_calls, outcome.cache_hits)
 
 
@@ -112,8 +185,18 @@ class EmbedText(_Embed):
 
         return text_space(self.cfg)
 
-    def items(self, inputs) -> pa.Table:
-        return text_items(inputs["documents"], inputs.get("captions"))
+    def item_batches(self, inputs):
+        for batch in inputs.batches("documents", ["doc_id", "text"], filter="text IS NOT NULL",
+                                    batch_size=CHUNK_ROWS):
+            docs = pa.Table.from_batches([batch])
+            docs = docs.filter(pc.is_valid(docs["text"]))
+            yield _with_sha(pa.table({"item_id": docs["doc_id"], "item_kind": _const("document", docs.num_rows),
+                                      "doc_id": docs["doc_id"], "text": docs["text"]}))
+        if "captions" in inputs:
+            for batch in inputs.batches("captions", ["caption_id", "doc_id", "text"], batch_size=CHUNK_ROWS):
+                caps = pa.Table.from_batches([batch])
+                yield _with_sha(pa.table({"item_id": caps["caption_id"], "item_kind": _const("caption", caps.num_rows),
+                                          "doc_id": caps["doc_id"], "text": caps["text"]}))
 
     def work(self) -> Work:
         return text_work(self.config)
@@ -139,8 +222,11 @@ class EmbedImage(_Embed):
 
         return image_space(self.cfg)
 
-    def items(self, inputs) -> pa.Table:
-        return image_items(inputs["documents"])
+    def item_batches(self, inputs):
+        for batch in inputs.batches("documents", ["doc_id", "image_uri", "image_sha256"],
+                                    filter="image_uri IS NOT NULL", batch_size=CHUNK_ROWS):
+            docs = pa.Table.from_batches([batch])
+            yield image_items(docs.filter(pc.is_valid(docs["image_uri"])))
 
     def work(self) -> Work:
         e = self.embed
@@ -149,9 +235,6 @@ class EmbedImage(_Embed):
                     pa.schema([("vector", pa.list_(pa.float32()))]),
                     Resources.of(e, batch_size=self.cfg.batch_size))
 
-    def assemble(self, inputs, units, results) -> Assembled:
-        # an image the encoder could not read came back as an error and is quarantined by the runner
-        return super().assemble(inputs, units, results)
 
 
 def text_work(config) -> Work:

@@ -26,7 +26,8 @@ def docs(*texts: str) -> pa.Table:
 
 @pytest.fixture
 def store(tmp_path):
-    return Catalog(tmp_path / "cat.duckdb"), DataRoot(str(tmp_path / "data"))
+    root = DataRoot(str(tmp_path / "data"))
+    return Catalog(tmp_path / "cat.duckdb", root), root
 
 
 def test_versions_current_flag_and_unchanged_content(store):
@@ -98,29 +99,34 @@ CRASH = textwrap.dedent("""
     import os, signal, sys
     import pyarrow as pa
     sys.path.insert(0, {repo!r})
+    from tasks.runtime import versions
     from tasks.runtime.catalog import Catalog
     from tasks.runtime.publish import publish
     from tasks.runtime.storage import DataRoot
     from tests.test_catalog import docs
     root = DataRoot({data!r})
-    real_move = DataRoot.move
-    def move_then_die(self, src, dst):
-        real_move(self, src, dst)
-        os.kill(os.getpid(), signal.SIGKILL)  # killed after the Parquet write, before the catalog commit
-    DataRoot.move = move_then_die
-    publish(Catalog({cat!r}), root, "documents", docs("a", "b", "c"))
+    real_commit = versions.commit
+    def commit_then_die(*args, **kwargs):
+        real_commit(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)  # killed after the shards' commit, before the catalog's
+    versions.commit = commit_then_die
+    publish(Catalog({cat!r}, root), root, "documents", docs("a", "b", "c"))
 """)
 
 
 def test_crash_between_write_and_commit_leaves_previous_current(store, tmp_path):
+    from tasks.runtime import versions
+
     cat, root = store
     publish(cat, root, "documents", docs("a"))
     script = CRASH.format(repo=str(REPO), data=str(tmp_path / "data"), cat=cat.path)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == -9, proc.stderr
-    assert len(root.list_files(root.path("documents"))) == 2  # the orphan file exists...
+    lance = versions.open_dataset(root.lance_uri("documents"))
+    assert lance.latest_version > cat.current("documents").table_version  # the orphan shards exist...
     cur = cat.current("documents")
     assert (cur.version, cur.row_count) == (1, 1)  # ...but no partial version is visible
+    assert read(cat, root, "documents").num_rows == 1
     again = publish(cat, root, "documents", docs("a", "b", "c")).dataset
     assert (again.version, again.row_count) == (2, 3)
     assert read(cat, root, "documents").num_rows == 3
@@ -182,7 +188,8 @@ def test_data_root_accepts_filesystem_uris(tmp_path):
     cat = Catalog(tmp_path / "c.duckdb")
     root = DataRoot((tmp_path / "d").as_uri())
     ds = publish(cat, root, "documents", docs("a")).dataset
-    assert Path(ds.path).exists() and read(cat, root, "documents").num_rows == 1
+    assert ds.path == "documents.lance"  # stored relative to the data root
+    assert Path(root.absolute(ds.path)).is_dir() and read(cat, root, "documents").num_rows == 1
 
 
 def test_sample_config_paths_resolve_relative_to_the_file():

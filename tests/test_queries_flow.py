@@ -42,7 +42,7 @@ def test_captions_and_queries_are_published_with_lineage(offline_build):
     cat = Catalog(result["catalog"])
     parents = {r["parent_name"] for r in cat.lineage("queries").to_pylist()}
     assert parents == {"documents", "captions", "indexes/text", "embeddings/text"}  # round-trip searches the index
-    kinds = cat.query(f"SELECT DISTINCT item_kind FROM read_parquet('{cat.current('embeddings/text').path}')")
+    kinds = cat.query("SELECT DISTINCT item_kind FROM embeddings_text")
     assert set(kinds["item_kind"].to_pylist()) == {"document", "caption"}  # captions were embedded
 
 

@@ -14,7 +14,6 @@ from schemas.config import IndexConfig
 from tasks.index.lexical import BM25_NAME, LexicalIndex, lexical_texts, texts_hash
 from tasks.index.store import IndexStore, dataset_name
 from tasks.index.vector import ITEM_COLUMNS, Vectors, _indexable_mask, refresh_vector_index
-from tasks.runtime.publish import data_path
 from tasks.runtime.stage import KEY, UNIT, Assembled, Read, Stage, Units, optional
 
 log = logging.getLogger(__name__)
@@ -57,8 +56,8 @@ class Index(Stage):
                 continue
             name = space.split("/", 1)[1]
             ref = inputs.ref(space)
-            vecs = (Vectors.from_parquet(inputs.root, data_path(ref.path)) if ref is not None and inputs.run
-                    else Vectors.from_table(inputs[space]))  # streamed from Parquet: never two copies of a space
+            vecs = (Vectors.from_dataset(inputs.dataset(space)) if ref is not None and inputs.run
+                    else Vectors.from_table(inputs[space]))  # streamed from its shards: never two copies
             prev_ref = inputs.previous_ref(dataset_name(name))
             previous = store.load_vector(name, prev_ref) if (store and prev_ref) else None
             encoder = self.config.embed.text.model_dump(mode="json") if name == "text" else None
@@ -95,9 +94,8 @@ def _items(inputs, space: str) -> pa.Table | None:
     """The indexable rows of an embeddings dataset (id columns only)."""
     if space not in inputs:
         return None
-    ref = inputs.ref(space)
-    if ref is not None and inputs.run is not None:
-        table = inputs.root.read(data_path(ref.path), columns=ITEM_COLUMNS)
+    if inputs.ref(space) is not None and inputs.run is not None:
+        table = inputs.dataset(space).to_table(columns=ITEM_COLUMNS)
     else:
         table = inputs[space].select(ITEM_COLUMNS)
     keep = _indexable_mask(table)

@@ -72,8 +72,14 @@ class IndexStore:
             self._tmp = tempfile.TemporaryDirectory(prefix="corpusforge-index-")
         return self._tmp.name
 
+    def _attachments(self, ref: DatasetVersion) -> str:
+        base = self.catalog.meta(ref.name, ref.version).get("_attachments")
+        if not base:
+            raise FileNotFoundError(f"{ref.ref} has no index files attached; rebuild it with the index stage")
+        return self.root.path(base)
+
     def _local(self, ref: DatasetVersion, filename: str) -> str:
-        path = posixpath.join(ref.path, filename)
+        path = posixpath.join(self._attachments(ref), filename)
         if self.root.is_local:
             return path
         local = os.path.join(self._scratch(), f"{ref.name.replace('/', '__')}-v{ref.version}-{filename}")
@@ -82,7 +88,7 @@ class IndexStore:
         return local
 
     def _local_dir(self, ref: DatasetVersion, folder: str) -> str:
-        path = posixpath.join(ref.path, folder)
+        path = posixpath.join(self._attachments(ref), folder)
         if self.root.is_local:
             return path
         local = os.path.join(self._scratch(), f"{ref.name.replace('/', '__')}-v{ref.version}-{folder}")

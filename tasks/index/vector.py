@@ -20,7 +20,6 @@ from schemas.tables import INDEX_ITEMS
 from tasks.index.plan import METRIC, build_faiss, empty_faiss, faiss_version, plan_index
 from tasks.runtime.catalog import now
 from tasks.runtime.stage import Output
-from tasks.runtime.storage import DataRoot
 from tasks.runtime.tables import vectors as vectors_of
 
 INDEXED_KINDS = ("document", "caption", "image")  # vectors that stand for a document
@@ -200,30 +199,19 @@ class Vectors:
         return cls(items, dim, lambda: (vectors[i:i + batch_rows] for i in range(0, len(vectors), batch_rows)))
 
     @classmethod
-    def from_parquet(cls, root: DataRoot, path: str, batch_rows: int = 16384) -> "Vectors":
-        import pyarrow.parquet as pq
-
-        table = root.read(path, columns=ITEM_COLUMNS + ["space"])
-        keep = _indexable_mask(table)
-        items = table.filter(pa.array(keep)) if keep is not None else table
-        vtype = pq.read_schema(path, filesystem=root.fs).field("vector").type
-        dim = vtype.list_size if pa.types.is_fixed_size_list(vtype) else None
+    def from_dataset(cls, ds, batch_rows: int = 16384) -> "Vectors":
+        """The indexable vectors of an embeddings version (a Lance dataset), streamed shard by
+        shard: the id columns are read once, the vectors as they go into FAISS."""
+        filt = "item_kind IN ('document', 'caption', 'image') AND doc_id IS NOT NULL"
+        items = ds.to_table(columns=ITEM_COLUMNS + ["space"], filter=filt)
+        vtype = ds.schema.field("vector").type
+        dim = vtype.list_size if pa.types.is_fixed_size_list(vtype) else 0
 
         def stream() -> Iterator[np.ndarray]:
-            start = 0
-            with root.fs.open_input_file(path) as f:
-                for batch in pq.ParquetFile(f, buffer_size=1 << 22, pre_buffer=False).iter_batches(
-                        batch_size=batch_rows, columns=["vector"], use_threads=False):
-                    v = vectors_of(pa.table({"vector": batch.column(0)}))
-                    if keep is not None:
-                        v = v[keep[start:start + len(v)]]
-                    start += batch.num_rows
-                    yield np.ascontiguousarray(v)
+            for batch in ds.scanner(columns=["vector"], filter=filt, batch_size=batch_rows).to_batches():
+                yield np.ascontiguousarray(vectors_of(pa.table({"vector": batch.column(0)})))
 
-        if dim is None:
-            dim = next((b.shape[1] for b in stream() if len(b)), 0)
         return cls(items, dim, stream)
-
 
 
 def _indexable_mask(table: pa.Table) -> np.ndarray | None:

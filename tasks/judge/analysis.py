@@ -17,10 +17,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 
 from tasks.runtime.catalog import Catalog, DatasetVersion, register_collection, register_ddl
-from tasks.runtime.sql import quote_literal
 from tasks.runtime.storage import DataRoot
 
 log = logging.getLogger(__name__)
@@ -40,30 +38,13 @@ def label_sets(catalog: Catalog) -> list[DatasetVersion]:
     return [v for n, v in sorted(catalog.current_all().items()) if n.startswith(JUDGMENTS_PREFIX)]
 
 
-def sync_judgments_view(catalog: Catalog, root: DataRoot) -> list[DatasetVersion]:
-    """Point the `judgments` view at the union of every current label set.
-
-    A local data root is read in place (read_parquet over the files); a remote one is copied
-    into the catalog as a table, since DuckDB here has no filesystem extensions for s3://.
-    """
-    from tasks.runtime.publish import data_path, read_version
-
-    current = label_sets(catalog)
-    if not current:
-        return []
-    with catalog.connect() as con:
-        if isinstance(root.fs, pafs.LocalFileSystem):
-            files = ", ".join(quote_literal(data_path(v.path)) for v in current)
-            con.execute(f"CREATE OR REPLACE VIEW judgments AS SELECT {_COLUMNS} FROM read_parquet([{files}])")
-        else:
-            table = pa.concat_tables([read_version(root, v) for v in current])
-            con.register("_judgments_in", table)
-            con.execute(f"CREATE OR REPLACE TABLE judgments_materialized AS SELECT {_COLUMNS} FROM _judgments_in")
-            con.execute("CREATE OR REPLACE VIEW judgments AS SELECT * FROM judgments_materialized")
-    return current
+# SQL that mentions `judgment...` sees every current label set as one `judgments` view
+register_collection(JUDGMENTS_PREFIX, "judgments", _COLUMNS, "judgment")
 
 
-register_collection(JUDGMENTS_PREFIX, sync_judgments_view)
+def sync_judgments_view(catalog: Catalog, root: DataRoot | None = None) -> list[DatasetVersion]:
+    """The label sets the `judgments` view unites (it is registered on each query's connection)."""
+    return label_sets(catalog)
 
 
 def judges(catalog: Catalog) -> list[str]:

@@ -155,14 +155,17 @@ class Negatives(Stage):
             return None
         cfg = self.cfg
         if (manifest.get("fingerprint") != fp or manifest.get("plan") != plan.__dict__
-                or manifest.get("index") != cfg.index or manifest.get("candidates_hash") != cand_ref.content_hash):
+                or manifest.get("index") != cfg.index):
             return None
+        prev_candidates = inputs.previous(cand_name)
+        if manifest.get("candidates_hash") != content_hash("candidates", prev_candidates):
+            return None  # the candidates were replaced since: their state no longer describes them
         if cfg.source != "dense" and manifest.get("lexical_version") != lexical_version:
             return None  # BM25 statistics shift with every document: lexical lists are all re-retrieved
         prev_items = store.items_of(cfg.index, manifest["index_version"])
         if prev_items is None:
             return None
-        return inputs.previous(neg_name), inputs.previous(cand_name), pq.read_table(state_path), prev_items
+        return inputs.previous(neg_name), prev_candidates, pq.read_table(state_path), prev_items
 
     def report(self, outcome) -> None:
         from prefect.artifacts import create_markdown_artifact

@@ -26,21 +26,48 @@ import pyarrow as pa
 log = logging.getLogger(__name__)
 
 DDL = (Path(__file__).resolve().parents[2] / "schemas" / "catalog.sql").read_text()
+_REF = "name, version, path, row_count, content_hash, table_version"
 _EXTRA_DDL: list[str] = []  # views and macros that other modules register (judgment analysis)
 
 
-_COLLECTIONS: dict[str, object] = {}  # dataset prefix -> sync(catalog, root): union views (judgments)
+_COLLECTIONS: dict[str, tuple[str, str, str]] = {}  # dataset prefix -> (view, select list, SQL word prefix)
 
 
-def register_collection(prefix: str, sync) -> None:
-    """A view over every current dataset under a prefix, re-pointed after each publish under it."""
-    _COLLECTIONS[prefix] = sync
+def register_collection(prefix: str, view: str, select: str, trigger: str) -> None:
+    """A union view over every current dataset under a prefix, for SQL that mentions a word
+    starting with `trigger` (e.g. every `judgment_*` macro reads the `judgments` union)."""
+    _COLLECTIONS[prefix] = (view, select, trigger)
 
 
-def sync_collections(catalog: "Catalog", root, names) -> None:
-    for prefix, sync in _COLLECTIONS.items():
-        if any(n.startswith(prefix) for n in names):
-            sync(catalog, root)
+def register_views(catalog: "Catalog", con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Register the current version of every dataset the SQL names (by its view name, e.g.
+    `embeddings_text`) on the connection, streaming from its shards; a registered collection
+    (every label set for `judgments`) becomes one union view."""
+    import re
+
+    from tasks.runtime.sql import quote_ident, view_name
+
+    words = {w.lower() for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", sql)}
+    current = catalog.current_all()
+    wanted = {n for n in current if view_name(n).lower() in words}
+    for prefix, (view, select, trigger) in _COLLECTIONS.items():
+        if any(w.startswith(trigger) for w in words):
+            wanted |= {n for n in current if n.startswith(prefix)}
+    if not wanted:
+        return
+    from tasks.runtime.publish import open_version
+
+    root = catalog.data_root()
+    for name in sorted(wanted):
+        try:
+            con.register(view_name(name), open_version(root, current[name]))
+        except (FileNotFoundError, RuntimeError) as e:
+            log.warning("view %s unavailable: %s", view_name(name), e)
+    for prefix, (view, select, trigger) in _COLLECTIONS.items():
+        members = [view_name(n) for n in sorted(wanted) if n.startswith(prefix)]
+        if members:
+            union = " UNION ALL ".join(f"SELECT {select} FROM {quote_ident(m)}" for m in members)
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {quote_ident(view)} AS {union}")
 
 
 def register_ddl(sql: str) -> None:
@@ -61,9 +88,10 @@ class CatalogBusy(RuntimeError):
 class DatasetVersion:
     name: str
     version: int
-    path: str
+    path: str  # relative to the data root (the Lance table of the dataset)
     row_count: int
     content_hash: str
+    table_version: int | None = None  # the Lance version; None in catalogs made before sharded versions
 
     @property
     def ref(self) -> str:
@@ -71,8 +99,9 @@ class DatasetVersion:
 
 
 class Catalog:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, root=None):
         self.path = str(path)
+        self.root = root  # the DataRoot its paths are relative to (default: data/ beside the file)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         with self.connect() as con:
             _migrate(con)
@@ -98,11 +127,19 @@ class Catalog:
         finally:
             con.close()
 
-    def query(self, sql: str, params: list | None = None) -> pa.Table:
+    def query(self, sql: str, params: list | None = None, views: bool = True) -> pa.Table:
+        """Run SQL; the datasets it names are registered first as views of their current versions."""
         with self.connect() as con:
-            for extra in _EXTRA_DDL:
-                con.execute(extra)
+            if views:
+                register_views(self, con, sql)
             return con.sql(sql, params=params or None).to_arrow_table()
+
+    def data_root(self):
+        from tasks.runtime.storage import DataRoot
+
+        if self.root is None:
+            self.root = DataRoot(str(Path(self.path).resolve().parent / "data"))
+        return self.root
 
     # ---- run lock -------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -185,14 +222,14 @@ class Catalog:
     def current(self, name: str) -> DatasetVersion | None:
         with self.connect() as con:
             row = con.execute(
-                "SELECT name, version, path, row_count, content_hash FROM datasets "
+                f"SELECT {_REF} FROM datasets "
                 "WHERE name=? AND is_current", [name]).fetchone()
         return DatasetVersion(*row) if row else None
 
     def current_all(self) -> dict[str, DatasetVersion]:
         """Every current dataset version, by name."""
         with self.connect() as con:
-            rows = con.execute("SELECT name, version, path, row_count, content_hash FROM datasets "
+            rows = con.execute(f"SELECT {_REF} FROM datasets "
                                "WHERE is_current").fetchall()
         return {r[0]: DatasetVersion(*r) for r in rows}
 
@@ -204,7 +241,7 @@ class Catalog:
     def version(self, name: str, version: int) -> DatasetVersion | None:
         with self.connect() as con:
             row = con.execute(
-                "SELECT name, version, path, row_count, content_hash FROM datasets "
+                f"SELECT {_REF} FROM datasets "
                 "WHERE name=? AND version=?", [name, version]).fetchone()
         return DatasetVersion(*row) if row else None
 

@@ -84,15 +84,67 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads or os.cpu_count() or 1)
 
 
+class ShardWriter:
+    """Runs next to the work (in the worker) for streaming stages: caches the results and writes
+    the stage's output rows as staged Parquet parts under the data root, so only keys and errors
+    travel back to the flow process."""
+
+    def __init__(self, stage, root_uri: str, staging: str, cache_dir: str | None, outputs: list[str]):
+        self.stage, self.root_uri, self.staging, self.cache_dir, self.outputs = stage, root_uri, staging, \
+            cache_dir, outputs
+        self._root = None
+
+    @property
+    def root(self):
+        if self._root is None:
+            from tasks.runtime.storage import DataRoot
+
+            self._root = DataRoot(self.root_uri)
+        return self._root
+
+    def run(self, work, batch: pa.Table, schema: pa.Schema) -> pa.Table:
+        """The work on each distinct key of the batch once, then every unit's outputs written."""
+        from tasks.runtime.tables import first_per_key
+
+        out = isolate(work, first_per_key(batch, KEY), schema)
+        return self(batch, out)
+
+    def __call__(self, batch: pa.Table, out: pa.Table) -> pa.Table:
+        import uuid
+
+        import pyarrow.compute as pc
+
+        if out.num_rows != batch.num_rows or out[KEY] != batch[KEY]:
+            out = out.take(pc.index_in(batch[KEY], value_set=out[KEY]))  # one result row per unit
+        ok = pc.is_null(out[ERROR])
+        good = out.filter(ok)
+        if good.num_rows:
+            values = good.drop_columns([ERROR])
+            if self.cache_dir is not None:
+                path = self.root.path(self.cache_dir, f"shard-{uuid.uuid4().hex}.parquet")
+                tmp = self.root.path(self.cache_dir, f"_tmp-{uuid.uuid4().hex}.parquet")
+                self.root.write(values, tmp)
+                self.root.move(tmp, path)
+            for name, table in (self.stage.batch_outputs(batch.filter(ok), values) or {}).items():
+                if table.num_rows:
+                    self.root.write(table, self.root.path(self.staging, name.replace("/", "__"),
+                                                          f"part-{uuid.uuid4().hex}.parquet"))
+        return out.select([KEY, ERROR])
+
+
 class WorkActor:
     """The one Ray Data actor: builds a stage's Work once, then serves its batches."""
 
-    def __init__(self, factory: type, args_json: str, device: str, threads: int | None, schema: pa.Schema):
+    def __init__(self, factory: type, args_json: str, device: str, threads: int | None, schema: pa.Schema,
+                 writer: ShardWriter | None = None):
         set_threads(threads)
         self.work = factory(json.loads(args_json), device)
         self.schema = schema
+        self.writer = writer
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.writer is not None:
+            return self.writer.run(self.work, batch, self.schema)
         return isolate(self.work, batch, self.schema)
 
 
@@ -102,18 +154,22 @@ def local_work(factory: type, args_json: str, device: str):
     return factory(json.loads(args_json), device)
 
 
-def compute(stage: str, work: Work, todo: pa.Table, on_batch: Callable[[pa.Table], None]) -> int:
+def compute(stage: str, work: Work, todo: pa.Table, on_batch: Callable[[pa.Table], None],
+            writer: ShardWriter | None = None, passthrough: list[str] | None = None) -> int:
     """Run `work` on every row of `todo`, handing result batches to `on_batch` as they finish.
-    Returns the number of items sent to the model."""
+    With a `writer`, results are cached and outputs written where the work runs, and `on_batch`
+    gets only keys and errors. Returns the number of items sent to the model."""
     if todo.num_rows == 0:
         return 0
     res = work.resources
     schema = work.result_schema()
-    todo = todo.select([KEY] + [c for c in work.columns if c != KEY])
+    cols = [KEY] + [c for c in work.columns if c != KEY]
+    cols += [c for c in (passthrough or []) if c not in cols]
+    todo = todo.select(cols)
     args_json = json.dumps(work.args, sort_keys=True, default=str)
     if res.where == "local" or todo.num_rows < res.local_below:
-        return _in_process(stage, work, todo, args_json, schema, on_batch)
-    return _on_ray(stage, work, todo, args_json, schema, on_batch)
+        return _in_process(stage, work, todo, args_json, schema, on_batch, writer)
+    return _on_ray(stage, work, todo, args_json, schema, on_batch, writer)
 
 
 def _local_device(res) -> str:
@@ -127,7 +183,7 @@ def _local_device(res) -> str:
         return "cpu"
 
 
-def _in_process(stage, work: Work, todo, args_json, schema, on_batch) -> int:
+def _in_process(stage, work: Work, todo, args_json, schema, on_batch, writer=None) -> int:
     device = _local_device(work.resources)
     try:
         instance = local_work(work.factory, args_json, device)
@@ -136,11 +192,12 @@ def _in_process(stage, work: Work, todo, args_json, schema, on_batch) -> int:
         raise
     size = max(1, work.resources.batch_size)
     for i in range(0, todo.num_rows, size):
-        on_batch(isolate(instance, todo.slice(i, size), schema))
+        batch = todo.slice(i, size)
+        on_batch(writer.run(instance, batch, schema) if writer is not None else isolate(instance, batch, schema))
     return todo.num_rows
 
 
-def _on_ray(stage, work: Work, todo, args_json, schema, on_batch) -> int:
+def _on_ray(stage, work: Work, todo, args_json, schema, on_batch, writer=None) -> int:
     import ray.data
     from ray.data import ActorPoolStrategy
 
@@ -155,7 +212,7 @@ def _on_ray(stage, work: Work, todo, args_json, schema, on_batch) -> int:
     ds = ray.data.from_arrow(chunks).map_batches(
         WorkActor, fn_constructor_kwargs={"factory": work.factory, "args_json": args_json,
                                           "device": torch_device(num_gpus), "threads": res.threads,
-                                          "schema": schema},
+                                          "schema": schema, "writer": writer},
         compute=ActorPoolStrategy(size=min(res.actors, len(chunks))), batch_size=rows,
         batch_format="pyarrow", num_cpus=res.cpus_per_actor, num_gpus=num_gpus or None, zero_copy_batch=True)
     for out in ds.iter_batches(batch_size=None, batch_format="pyarrow"):

@@ -70,6 +70,25 @@ class Inputs:
     def ref(self, name: str) -> DatasetVersion | None:
         return self.refs.get(name)
 
+    def dataset(self, name: str):
+        """The Lance dataset of an input's version: scan it in batches, or hand it to DuckDB / Ray."""
+        from tasks.runtime.publish import open_version
+
+        return open_version(self.run.root, self.refs[name])
+
+    def batches(self, name: str, columns: list[str] | None = None, filter: str | None = None,
+                batch_size: int = 65_536):
+        """An input's rows in batches, never the whole table in memory (in-memory inputs: sliced)."""
+        if name in self._tables or self.run is None:
+            table = self.get(name)
+            if table is None:
+                return
+            if columns:
+                table = table.select(columns)
+            yield from table.to_batches(max_chunksize=batch_size)
+            return
+        yield from self.dataset(name).scanner(columns=columns, filter=filter, batch_size=batch_size).to_batches()
+
     def matching(self, prefix: str) -> list[str]:
         """Names of the inputs under a glob read's prefix (`judgments/` for `judgments/*`)."""
         return sorted(n for n in set(self.refs) | set(self._tables) if n.startswith(prefix))
@@ -94,6 +113,12 @@ class Inputs:
                 return self._tables.get(key)
             self._tables[key] = self.run.read(ref.name, ref.version)
         return self._tables[key]
+
+    def previous_dataset(self, name: str):
+        """The Lance dataset of the stage's own previous output (to diff against, streaming)."""
+        from tasks.runtime.publish import open_version
+
+        return open_version(self.run.root, self._previous[name])
 
     def attachment(self, ref: DatasetVersion, filename: str) -> str | None:
         """A local path to a file stored with a dataset version (downloaded when the root is remote)."""

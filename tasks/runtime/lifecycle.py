@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import posixpath
 import tempfile
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -45,17 +44,21 @@ class Run:
     @classmethod
     def open(cls, config: BuildConfig, **kwargs) -> "Run":
         """A run over the config's catalog and data root, not yet started (reads, tests)."""
-        return cls(config, Catalog(config.catalog_path), DataRoot(config.data_root_uri), **kwargs)
+        root = DataRoot(config.data_root_uri)
+        return cls(config, Catalog(config.catalog_path, root), root, **kwargs)
 
-    def read(self, name: str, version: int | None = None) -> pa.Table:
-        return read(self.catalog, self.root, name, version)
+    def read(self, name: str, version: int | None = None, columns: list[str] | None = None) -> pa.Table:
+        return read(self.catalog, self.root, name, version, columns)
 
     def current(self, name: str) -> DatasetVersion | None:
         return self.catalog.current(name)
 
     def attachment(self, ref: DatasetVersion, filename: str) -> str | None:
         """A local path to a file stored with a dataset version, or None when it has none."""
-        path = posixpath.join(ref.path, filename)
+        base = self.catalog.meta(ref.name, ref.version).get("_attachments")
+        if not base:
+            return None
+        path = self.root.path(base, filename)
         if not self.root.exists(path):
             return None
         if self.root.is_local:

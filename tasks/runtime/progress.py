@@ -57,6 +57,20 @@ class Progress:
             self.logger.info("%s: %d items to process", self.stage, total)
         self._artifact(force=True)
 
+    def extend(self, n: int) -> None:
+        """More items to do (a streaming stage learns its total chunk by chunk)."""
+        if n <= 0:
+            return
+        if self.total == 0 and self.bar is None:
+            done = self.done
+            self.start(n)
+            self.done = done
+            return
+        self.total += n
+        if self.bar is not None:
+            self.bar.total = self.total
+            self.bar.refresh()
+
     def advance(self, n: int) -> None:
         self.done += n
         if self.quiet or self.total == 0:

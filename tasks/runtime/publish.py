@@ -1,13 +1,16 @@
 """Atomic, validated publish of a dataset version (called only by the write path, tasks.runtime.write).
 
-1. cast to the table's contract and write Parquet (and the version's attachments) to staging;
-2. validate with the table's expectation suite (a failure blocks everything after);
-3. move the folder to its version path;
+1. diff the new content against the current version by natural key and row hash, in DuckDB
+   out of core: only new or changed rows are staged as fragments, removed or changed rows get
+   deletion files (`replace`); an `upsert` replaces only the keys it brings; a `delta` is
+   appended as it is, with the deletions its stage computed;
+2. validate: row-level expectations on each new shard (on every kept shard too when the suite
+   changed), and dataset-wide checks (key uniqueness) in DuckDB over the would-be version;
+3. commit the Lance version (one transaction: new fragments + deletion files);
 4. in one catalog transaction: insert the version, flip the current flag, add lineage.
 
-A crash before step 4 leaves at most an unreferenced folder, never a visible partial version,
-and the previous version stays current. A table whose content hash equals the current
-version's is not published again: no-change refreshes create no versions.
+A failure before step 4 leaves the previous version current (a Lance version the catalog never
+recorded is rolled back by the next publish). No change means no new version.
 """
 from __future__ import annotations
 
@@ -20,16 +23,16 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from schemas.expectations import suite_for
 from schemas.tables import keys_for, schema_fingerprint, schema_for
+from tasks.runtime import versions
 from tasks.runtime.catalog import Catalog, DatasetVersion, json_dumps, now
-from tasks.runtime.sql import quote_ident, quote_literal, view_name
+from tasks.runtime.sql import quote_ident
 from tasks.runtime.stage import Output
 from tasks.runtime.storage import DataRoot
-from tasks.runtime.validation import ValidationFailed, validate
+from tasks.runtime.validation import ValidationFailed, ValidationReport, validate
 
 log = logging.getLogger(__name__)
-
-DATA_FILE = "data.parquet"
 
 
 @dataclass
@@ -40,8 +43,7 @@ class PublishResult:
 
 
 def content_hash(name: str, table: pa.Table, identity: dict | None = None) -> str:
-    """Order-independent content hash: the IPC bytes of the table sorted by its natural key
-    (plus what else identifies the version, e.g. an index's type and parameters)."""
+    """Order-independent content hash of a table: its IPC bytes sorted by its natural key."""
     ordered = table.sort_by([(k, "ascending") for k in keys_for(name)]).combine_chunks()
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, ordered.schema) as w:
@@ -62,30 +64,65 @@ def conform(name: str, table: pa.Table) -> pa.Table:
     return table.select(schema.names).cast(schema)
 
 
+def suite_fingerprint(name: str, extra: list[dict] | None) -> str:
+    return hashlib.sha256(json_dumps([suite_for(name), extra or []]).encode()).hexdigest()[:16]
+
+
 def publish(catalog: Catalog, root: DataRoot, name: str, output: Output | pa.Table, *,
             parents: list[DatasetVersion] = (), run_id: str | None = None, stage: str | None = None,
             fingerprint: str | None = None, extra_expectations: list[dict] | None = None) -> PublishResult:
+    import duckdb
+
     out = output if isinstance(output, Output) else Output(output)
-    table = conform(name, out.table)
-    chash = content_hash(name, table, out.identity)
     current = catalog.current(name)
-    if current is not None and current.content_hash == chash:
-        log.info("%s unchanged (%d rows); keeping %s", name, table.num_rows, current.ref)
-        return PublishResult(current, False, {"success": True, "skipped": "unchanged"})
+    cur_ds = _open_current(root, current) if current is not None else None
+    con = duckdb.connect()
+    try:
+        con.execute("SET preserve_insertion_order = false")
+        schema = _source(con, name, out, root, cur_ds)
+        if cur_ds is not None and cur_ds.schema.remove_metadata() != schema.remove_metadata():
+            cur_ds = None  # the contract changed (a new embedding dimension): a fresh version, not a diff
+        mode = out.mode if cur_ds is not None else "replace"
+        deleted = _plan(con, name, schema, cur_ds, mode, out)
+        suite_fp = suite_fingerprint(name, extra_expectations)
+        identity = json_dumps(out.identity) if out.identity else None
+        prev_meta = catalog.meta(current.name, current.version) if current is not None else {}
+        added = con.execute("SELECT count(*) FROM added").fetchall()[0][0]
+        same_rows = cur_ds is not None and not added and not deleted
+        if same_rows and prev_meta.get("_identity") == identity and prev_meta.get("_suite") == suite_fp:
+            log.info("%s unchanged (%d rows); keeping %s", name, current.row_count, current.ref)
+            return PublishResult(current, False, {"success": True, "skipped": "unchanged"})
+        changes = versions.Changes(rows_added=added, deleted_addrs=deleted)
+        if deleted:
+            changes.updated, changes.removed, changes.rows_deleted = versions.delete_rows(cur_ds, deleted)
+        uri = root.lance_uri(name)
+        reports = _stage_added(con, name, schema, uri, root, changes, extra_expectations, fresh=cur_ds is None)
+        if cur_ds is not None and prev_meta.get("_suite") != suite_fp:
+            reports += [validate(name, pa.Table.from_batches([b]), extra_expectations) for b in _kept(cur_ds, changes)]
+        report = _merge_reports(name, reports)
+        if not report.success:
+            raise ValidationFailed(report)
+    finally:
+        con.close()
+    if cur_ds is None or not same_rows:
+        table_version = versions.commit(uri, changes, schema, current.table_version if current else None,
+                                        root.storage_options, overwrite=cur_ds is None)
+    else:
+        table_version = current.table_version
+    return _record(catalog, root, name, uri, table_version, schema, out, identity, suite_fp, report, parents,
+                   run_id, stage, fingerprint, changes)
 
-    safe = name.replace("/", "__")
-    staging = root.path("_staging", f"{safe}-{uuid.uuid4().hex}")
-    root.write(table, posixpath.join(staging, DATA_FILE))
-    for filename, local in out.attachments.items():
-        root.upload(local, posixpath.join(staging, filename))
-    report = validate(name, table, extra_expectations)
-    if not report.success:
-        root.delete_dir(staging)
-        raise ValidationFailed(report)
 
-    final = root.path(safe, f"{now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}")
-    root.move(staging, final)
-
+def _record(catalog, root, name, uri, table_version, schema, out, identity, suite_fp, report, parents, run_id,
+            stage, fingerprint, changes) -> PublishResult:
+    """The catalog side of a publish: one transaction (version row, current flag, lineage)."""
+    ds = versions.open_dataset(uri, table_version, root.storage_options)
+    attachments = _upload(root, name, out.attachments)
+    meta = (out.meta or {}) | {"_identity": identity, "_suite": suite_fp}
+    if attachments:
+        meta["_attachments"] = attachments
+    chash = hashlib.sha256((versions.version_hash(ds) + (identity or "") + json_dumps(attachments)).encode()).hexdigest()
+    rows = ds.count_rows()
     with catalog.connect() as con:
         con.execute("BEGIN TRANSACTION")
         try:
@@ -93,59 +130,201 @@ def publish(catalog: Catalog, root: DataRoot, name: str, output: Output | pa.Tab
             con.execute("UPDATE datasets SET is_current = false WHERE name = ? AND is_current", [name])
             con.execute(
                 "INSERT INTO datasets (name, version, path, row_count, content_hash, schema_fingerprint, "
-                "validation, is_current, run_id, stage, fingerprint, created_at, meta) "
-                "VALUES (?,?,?,?,?,?,?,true,?,?,?,?,?)",
-                [name, version, final, table.num_rows, chash, schema_fingerprint(table.schema),
+                "validation, is_current, run_id, stage, fingerprint, created_at, meta, table_version) "
+                "VALUES (?,?,?,?,?,?,?,true,?,?,?,?,?,?)",
+                [name, version, root.relative(uri), rows, chash, schema_fingerprint(schema),
                  json_dumps(report.to_json()), run_id, stage, fingerprint, now(),
-                 json.dumps(out.meta, sort_keys=True, default=str) if out.meta is not None else None],
+                 json.dumps(meta, sort_keys=True, default=str), table_version],
             )
             for p in parents:
                 con.execute("INSERT INTO lineage VALUES (?,?,?,?)", [name, version, p.name, p.version])
-            if root.is_local:
-                con.execute(view_sql(name, data_path(final), table.schema))
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
-    ds = DatasetVersion(name, version, final, table.num_rows, chash)
-    log.info("published %s (%d rows)", ds.ref, table.num_rows)
-    return PublishResult(ds, True, report.to_json())
+    ref = DatasetVersion(name, version, root.relative(uri), rows, chash, table_version)
+    log.info("published %s (%d rows: +%d, -%d)", ref.ref, rows, changes.rows_added, changes.rows_deleted)
+    return PublishResult(ref, True, report.to_json())
 
 
-def data_path(version_path: str) -> str:
-    """The Parquet file of a version (versions made before attachments were one file)."""
-    return version_path if version_path.endswith(".parquet") else posixpath.join(version_path, DATA_FILE)
+def _source(con, name: str, out: Output, root: DataRoot, cur_ds) -> pa.Schema:
+    """Register the new content as the relation `src` (an in-memory table or staged parts, read
+    in place) and return its contract."""
+    if out.table is not None:
+        table = conform(name, out.table)
+        con.register("src_in", table)
+        schema = table.schema
+    elif out.parts:
+        import pyarrow.dataset as pads
+
+        parts = pads.dataset(out.parts, filesystem=root.fs, format="parquet")
+        con.register("src_in", parts)
+        schema = schema_for(name, parts.head(1)) if name.split("/")[0] == "embeddings" else schema_for(name)
+    else:  # nothing staged: empty new content (or a delta with deletions only)
+        schema = cur_ds.schema if cur_ds is not None else schema_for(name, _empty_vectors())
+        con.register("src_in", schema.empty_table())
+    cols = ", ".join(quote_ident(f.name) for f in schema)
+    con.execute(f"CREATE TEMP VIEW src AS SELECT {cols} FROM src_in")
+    return schema
 
 
-def view_sql(name: str, path: str, schema: pa.Schema) -> str:
-    """A view over the current Parquet file, with fixed-size vectors restored (FLOAT[] -> FLOAT[d])."""
-    select = "*"
-    fixed = [f for f in schema if pa.types.is_fixed_size_list(f.type)]
-    if fixed:
-        casts = ", ".join(f"{quote_ident(f.name)}::FLOAT[{f.type.list_size}] AS {quote_ident(f.name)}" for f in fixed)
-        select = f"* REPLACE ({casts})"
-    return f"CREATE OR REPLACE VIEW {quote_ident(view_name(name))} AS SELECT {select} FROM read_parquet({quote_literal(path)})"
+def _empty_vectors() -> pa.Table:
+    return pa.table({"vector": pa.FixedSizeListArray.from_arrays(pa.array([], pa.float32()), 1)})
 
 
-def read(catalog: Catalog, root: DataRoot, name: str, version: int | None = None) -> pa.Table:
-    """The rows of a dataset version (current by default), cast back to its contract."""
+def _hash(columns: list[str]) -> str:
+    return "hash(" + ", ".join(quote_ident(c) for c in columns) + ")"
+
+
+def _plan(con, name: str, schema: pa.Schema, cur_ds, mode: str, out: Output) -> list[int]:
+    """Create the relation `added` (rows to append) and return the row addresses to delete."""
+    keys = keys_for(name)
+    k = ", ".join(quote_ident(c) for c in keys)
+    cols = schema.names
+    _unique(con, name, keys, "src")
+    if cur_ds is None:
+        con.execute("CREATE TEMP VIEW added AS SELECT * FROM src")
+        return []
+    reader = cur_ds.scanner(columns=cols, with_row_address=True, batch_size=65_536).to_reader()
+    con.register("cur_rows", reader)
+    if mode == "delta":
+        con.execute(f"CREATE TEMP TABLE cur_k AS SELECT _rowaddr, {k} FROM cur_rows")
+        gone = pa.array(out.deleted, pa.uint64())
+        con.register("gone", pa.table({"_rowaddr": gone}))
+        clash = con.execute(f"SELECT count(*) FROM (SELECT {k} FROM cur_k ANTI JOIN gone USING (_rowaddr)) "
+                            f"JOIN src USING ({k})").fetchall()[0][0]
+        if clash:
+            raise ValidationFailed(ValidationReport(name, False, clash, [{
+                "expectation": "unique_natural_key", "column": keys, "unexpected_count": clash,
+                "unexpected_sample": [], "detail": f"{clash} appended rows repeat a key already in {name}"}]))
+        con.execute("CREATE TEMP VIEW added AS SELECT * FROM src")
+        return list(out.deleted)
+    con.execute(f"CREATE TEMP TABLE cur_h AS SELECT _rowaddr, {k}, {_hash(cols)} AS __h FROM cur_rows")
+    con.execute(f"CREATE TEMP TABLE src_h AS SELECT {k}, {_hash(cols)} AS __h FROM src")
+    con.execute(f"CREATE TEMP VIEW added AS SELECT * EXCLUDE (__h) FROM (SELECT *, {_hash(cols)} AS __h FROM src) "
+                f"ANTI JOIN cur_h USING ({k}, __h)")
+    if mode == "upsert":
+        u = ", ".join(quote_ident(c) for c in (out.upsert_keys or keys))
+        sql = (f"SELECT _rowaddr FROM (SELECT * FROM cur_h SEMI JOIN src_h USING ({u})) "
+               f"ANTI JOIN src_h USING ({k}, __h)")
+    else:
+        sql = f"SELECT _rowaddr FROM cur_h ANTI JOIN src_h USING ({k}, __h)"
+    return con.execute(sql).fetchnumpy()["_rowaddr"].tolist()
+
+
+def _unique(con, name: str, keys: list[str], relation: str) -> None:
+    """Dataset-wide: the natural key is unique over the new rows."""
+    k = ", ".join(quote_ident(c) for c in keys)
+    n, distinct = con.execute(f"SELECT count(*), count(DISTINCT ({k})) FROM {relation}").fetchall()[0]
+    if n != distinct:
+        raise ValidationFailed(ValidationReport(name, False, n, [{
+            "expectation": "unique_natural_key", "column": keys, "unexpected_count": n - distinct,
+            "unexpected_sample": [], "detail": f"{n - distinct} rows repeat a key {keys}"}]))
+
+
+def _stage_added(con, name: str, schema: pa.Schema, uri: str, root: DataRoot, changes: versions.Changes,
+                 extra: list[dict] | None, fresh: bool = False) -> list[ValidationReport]:
+    """Validate the rows to append shard by shard and stage each shard as a fragment."""
+    reports, pending, n = [], [], 0
+    reader = con.sql("SELECT * FROM added").to_arrow_reader(65_536)
+
+    def flush():
+        nonlocal pending, n
+        if not pending:
+            return
+        shard = pa.Table.from_batches(pending).cast(schema)
+        report = validate(name, shard, extra)
+        reports.append(report)
+        if report.success:
+            changes.new += versions.stage_fragments(uri, shard, schema, root.storage_options, fresh)
+        pending, n = [], 0
+
+    for batch in reader:
+        pending.append(batch)
+        n += batch.num_rows
+        if n >= versions.SHARD_ROWS:
+            flush()
+    flush()
+    return reports or [validate(name, schema.empty_table(), extra)]
+
+
+def _kept(cur_ds, changes: versions.Changes):
+    """The current rows that stay in the next version, in shards (for re-validation)."""
+    import pyarrow.compute as pc
+
+    removed = set(changes.removed)
+    gone = pa.array(changes.deleted_addrs, pa.uint64())
+    for frag in cur_ds.get_fragments():
+        if frag.fragment_id in removed:
+            continue
+        for batch in frag.to_batches(batch_size=versions.SHARD_ROWS, with_row_address=True):
+            keep = pc.invert(pc.is_in(batch["_rowaddr"], value_set=gone))
+            yield batch.filter(keep).drop_columns(["_rowaddr"])
+
+
+def _merge_reports(name: str, reports: list[ValidationReport]) -> ValidationReport:
+    failures: dict[tuple, dict] = {}
+    for r in reports:
+        for f in r.failures:
+            key = (f["expectation"], str(f.get("column")))
+            if key in failures:
+                failures[key]["unexpected_count"] += f["unexpected_count"]
+            else:
+                failures[key] = dict(f)
+    rows = sum(r.rows for r in reports)
+    evaluated = max((r.evaluated for r in reports), default=0)
+    return ValidationReport(name, not failures, rows, list(failures.values()), evaluated=evaluated)
+
+
+def _open_current(root: DataRoot, current: DatasetVersion):
+    """The current version to diff against; a version whose data is gone is replaced whole."""
+    if current.table_version is None:
+        raise OldCatalog(current)
+    try:
+        return versions.open_dataset(root.absolute(current.path), current.table_version, root.storage_options)
+    except (ValueError, OSError, RuntimeError) as e:
+        log.warning("%s: its data at %s cannot be read (%s); publishing the new version whole", current.ref,
+                    current.path, e)
+        return None
+
+
+def _upload(root: DataRoot, name: str, attachments: dict[str, str]) -> str | None:
+    """Files that belong to the version, under DATA_ROOT/_attachments/<name>/<id>/ (relative path)."""
+    if not attachments:
+        return None
+    base = root.path("_attachments", name.replace("/", "__"), uuid.uuid4().hex)
+    for filename, local in attachments.items():
+        root.upload(local, posixpath.join(base, filename))
+    return root.relative(base)
+
+
+def read(catalog: Catalog, root: DataRoot, name: str, version: int | None = None, columns: list[str] | None = None
+         ) -> pa.Table:
+    """The rows of a dataset version (current by default)."""
     ds = catalog.current(name) if version is None else catalog.version(name, version)
     if ds is None:
         raise KeyError(f"dataset '{name}' has no {'current version' if version is None else f'version {version}'}")
-    return read_version(root, ds)
+    return read_version(root, ds, columns)
 
 
-def read_version(root: DataRoot, ds: DatasetVersion) -> pa.Table:
-    table = root.read(data_path(ds.path))
-    return table.cast(schema_for(ds.name, table)) if ds.name.split("/")[0] != "embeddings" else _fix_vectors(table)
+def open_version(root: DataRoot, ref: DatasetVersion):
+    """The Lance dataset of a catalog version, at that version."""
+    if ref.table_version is None:
+        raise OldCatalog(ref)
+    try:
+        return versions.open_dataset(root.absolute(ref.path), ref.table_version, root.storage_options)
+    except (ValueError, OSError, RuntimeError) as e:
+        raise FileNotFoundError(f"dataset {ref.ref} is missing its data at {ref.path} ({e}); run the stage "
+                                "that writes it again (a build rebuilds it)") from e
 
 
-def _fix_vectors(table: pa.Table) -> pa.Table:
-    """Parquet can hand FLOAT[d] back as FLOAT[]; restore the fixed size."""
-    vec = table.schema.field("vector").type
-    if pa.types.is_fixed_size_list(vec) or table.num_rows == 0:
-        return table
-    dim = len(table.column("vector")[0])
-    return table.cast(schema_for("embeddings", table.set_column(
-        table.schema.get_field_index("vector"), "vector",
-        table.column("vector").cast(pa.list_(pa.float32(), dim)))))
+def read_version(root: DataRoot, ref: DatasetVersion, columns: list[str] | None = None) -> pa.Table:
+    return open_version(root, ref).to_table(columns=columns)
+
+
+class OldCatalog(RuntimeError):
+    def __init__(self, ref: DatasetVersion):
+        super().__init__(
+            f"dataset {ref.ref} was written by an earlier corpusforge (one Parquet file per version, before "
+            "sharded versions); this version cannot read it. Rebuild: move the workdir aside (or set a new "
+            "`workdir`/`catalog` in the config) and run `corpusforge build --config FILE`.")

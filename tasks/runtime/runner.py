@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from schemas.tables import QUARANTINE
 from tasks.runtime.accounting import AccountingError
 from tasks.runtime.cache import WorkCache
-from tasks.runtime.compute import compute
+from tasks.runtime.compute import ShardWriter, compute
 from tasks.runtime.inputs import Inputs
 from tasks.runtime.stage import ERROR, KEY, UNIT, Assembled, Output, Stage, Units, Work
 from tasks.runtime.tables import first_per_key
@@ -51,13 +51,26 @@ class Outcome:
     model_calls: int
     cache_hits: int
     notes: dict = field(default_factory=dict)
+    staging: "Staging | None" = None  # a streaming stage's staged parts, removed after the publish
 
     @property
     def rows_quarantined(self) -> int:
         return self.quarantine.num_rows
 
-    def table(self, name: str) -> pa.Table:
-        return self.tables[name].table
+    def table(self, name: str) -> pa.Table | None:
+        """An output as one table (a streamed output's staged parts, read back: tests, small outputs)."""
+        out = self.tables.get(name)
+        if out is None:
+            return None
+        if out.table is not None:
+            return out.table
+        if not out.parts:
+            from schemas.tables import embeddings_schema, schema_for
+
+            return (embeddings_schema(1) if name.startswith("embeddings/") else schema_for(name)).empty_table()
+        import pyarrow.dataset as pads
+
+        return pads.dataset(out.parts, filesystem=self.staging.root.fs, format="parquet").to_table()
 
     def check(self) -> "Outcome":  # the runner refused it already if it did not balance
         return self
@@ -110,23 +123,37 @@ class WorkResult:
     failed: dict[str, str]  # KEY -> error
     model_calls: int = 0
     cache_hits: int = 0
+    computed: set | None = None  # keys whose outputs the workers wrote themselves (streaming stages)
 
 
-def run_work(stage: Stage, work: Work, units: pa.Table, cache: WorkCache | None, progress=None) -> WorkResult:
-    """Results for every distinct key of the units: from the cache, else from the work."""
+def run_work(stage: Stage, work: Work, units: pa.Table, cache: WorkCache | None, progress=None,
+             writer: ShardWriter | None = None) -> WorkResult:
+    """Results for every distinct key of the units: from the cache, else from the work. With a
+    `writer`, the work caches and writes outputs itself; only the cached results come back."""
     keys = pc.unique(units[KEY])
     cached_keys: set[str] = set()
     if cache is not None and work.cached:
         cached_keys = cache.known(keys)
     missing = pa.array(sorted(set(keys.to_pylist()) - cached_keys), pa.string())
-    todo = first_per_key(units.filter(pc.is_in(units[KEY], value_set=missing)), KEY)
-    sink = ResultSink(cache if work.cached else None, work, progress)
+    todo = units.filter(pc.is_in(units[KEY], value_set=missing))
+    # units sharing a key share one model call; streaming stages send them all (side by side), so
+    # the worker writes every unit's outputs
+    todo = todo.sort_by(KEY) if writer is not None else first_per_key(todo, KEY)
+    sink = ResultSink(cache if work.cached and writer is None else None, work, progress)
+    if writer is not None:
+        sink.columns = []  # results stay with the worker; only errors come back
     if progress is not None:
-        progress.start(todo.num_rows)
+        progress.start(todo.num_rows) if writer is None else progress.extend(todo.num_rows)
+    passthrough = [c for c in units.column_names if c not in (UNIT,)] if writer is not None else None
     try:
-        calls = compute(stage.name, work, todo, sink)
+        calls = compute(stage.name, work, todo, sink, writer, passthrough)
     finally:
         sink.flush()  # what finished survives a crash: the next run resumes from it
+    if writer is not None:
+        results = cache.lookup_table(pa.array(sorted(cached_keys), pa.string()), [f.name for f in work.outputs]) \
+            if cached_keys and cache is not None else None
+        got = set(keys.to_pylist()) - set(sink.failed)
+        return WorkResult(results, sink.failed, len(missing) if work.model else 0, len(cached_keys), computed=got)
     if work.cached and cache is not None:
         results = cache.lookup_table(keys, [f.name for f in work.outputs])
     else:
@@ -138,9 +165,13 @@ def run_work(stage: Stage, work: Work, units: pa.Table, cache: WorkCache | None,
     return WorkResult(results, sink.failed, calls if work.model else 0, len(cached_keys))
 
 
-def execute(stage: Stage, inputs: Inputs, cache: WorkCache | None = None, progress=None) -> Outcome:
-    """Units, work, assemble and the runner's own accounting; publishes nothing."""
+def execute(stage: Stage, inputs: Inputs, cache: WorkCache | None = None, progress=None,
+            staging: "Staging | None" = None) -> Outcome:
+    """Units, work, assemble and the runner's own accounting; publishes nothing. A stage whose
+    units() yields chunks is run chunk by chunk, its outputs staged as Parquet parts."""
     units = stage.units(inputs)
+    if not isinstance(units, Units):
+        return _execute_chunks(stage, inputs, units, cache, progress, staging)
     _check_units(stage, units)
     work = stage.work()
     wr = WorkResult(None, {})
@@ -154,6 +185,104 @@ def execute(stage: Stage, inputs: Inputs, cache: WorkCache | None = None, progre
     return account(stage, units, wr, assembled, inputs)
 
 
+class Staging:
+    """Where a streaming stage's output parts go while it runs: DATA_ROOT/_staging/<id>/<stage>/<output>/."""
+
+    def __init__(self, root, stage: str, run_id: str | None = None):
+        import uuid
+
+        self.root = root
+        self.dir = root.path("_staging", run_id or uuid.uuid4().hex, stage)
+
+    def relative(self) -> str:
+        return self.root.relative(self.dir)
+
+    def write(self, output: str, table: pa.Table) -> None:
+        import uuid
+
+        if table.num_rows:
+            self.root.write(table, self.root.path(self.dir, output.replace("/", "__"), f"part-{uuid.uuid4().hex}.parquet"))
+
+    def parts(self, output: str) -> list[str]:
+        return self.root.list_files(self.root.path(self.dir, output.replace("/", "__")))
+
+    def cleanup(self) -> None:
+        self.root.delete_dir(self.dir)
+
+
+def _execute_chunks(stage: Stage, inputs: Inputs, chunks, cache, progress, staging: "Staging | None") -> Outcome:
+    """Run a streaming stage chunk by chunk with bounded memory: each chunk's units go through the
+    cache and the work (which writes its outputs where it runs, when the stage says how), the
+    chunk is accounted on its own, and its output parts are staged for the publish."""
+    import tempfile
+
+    from tasks.runtime.compute import ShardWriter
+    from tasks.runtime.storage import DataRoot
+
+    if staging is None:
+        root = inputs.cache_root or DataRoot(tempfile.mkdtemp(prefix="corpusforge-staging-"))
+        staging = Staging(root, stage.name)
+    work = stage.work()
+    streams = work is not None and type(stage).batch_outputs is not Stage.batch_outputs
+    writer = None
+    if streams:
+        cache_dir = staging.root.relative(cache.dir) if cache is not None and work.cached else None
+        writer = ShardWriter(stage, staging.root.uri, staging.relative(), cache_dir, list(stage.outputs()))
+    if progress is not None:
+        progress.start(0)
+    total: Outcome | None = None
+    base_calls, base_hits = inputs.counters.model_calls, inputs.counters.cache_hits
+    for units in chunks:
+        _check_units(stage, units)
+        wr = WorkResult(None, {})
+        if work is not None and units.table.num_rows:
+            wr = run_work(stage, work, units.table, cache, progress, writer)
+        table = units.table
+        ok = table if not wr.failed else table.filter(
+            pc.invert(pc.is_in(table[KEY], value_set=pa.array(sorted(wr.failed), pa.string()))))
+        if streams and wr.results is not None and wr.results.num_rows:
+            # cached results: the workers did not see them, so their outputs are written here
+            cached_units = ok.filter(pc.is_in(ok[KEY], value_set=wr.results[KEY]))
+            at = pc.index_in(cached_units[KEY], value_set=wr.results[KEY])
+            for name, t in (stage.batch_outputs(cached_units, wr.results.take(at)) or {}).items():
+                staging.write(name, t)
+        assembled = stage.assemble(inputs, ok, None if streams else wr.results)
+        for name, t in assembled.tables.items():
+            staging.write(name, t.table if isinstance(t, Output) else t)
+        assembled.tables = {}
+        chunk = account(stage, units, wr, assembled, inputs, counters=False)
+        chunk.rows_in += units.kept
+        chunk.rows_out += units.kept
+        chunk.cache_hits += units.kept
+        total = chunk if total is None else _merge(total, chunk)
+    if total is None:
+        total = Outcome(stage.name, {}, QUARANTINE.empty_table(), 0, 0, 0, 0, 0)
+    finished = stage.finish(inputs)
+    total.notes |= finished.pop("notes", {})
+    for name in stage.outputs():
+        mode, keys = stage.output_mode(name)
+        extra = finished.get(name, {})
+        parts = staging.parts(name)
+        if parts or extra.get("deleted") or mode == "replace" or inputs.previous_ref(name) is None:
+            total.tables[name] = Output(parts=parts, mode=mode, upsert_keys=keys, deleted=extra.get("deleted", []),
+                                        meta=extra.get("meta"))
+    total.model_calls += inputs.counters.model_calls - base_calls
+    total.cache_hits += inputs.counters.cache_hits - base_hits
+    total.staging = staging
+    return total
+
+
+def _merge(a: Outcome, b: Outcome) -> Outcome:
+    a.quarantine = pa.concat_tables([a.quarantine, b.quarantine])
+    a.rows_in += b.rows_in
+    a.rows_out += b.rows_out
+    a.rows_deduplicated += b.rows_deduplicated
+    a.model_calls += b.model_calls
+    a.cache_hits += b.cache_hits
+    a.notes |= b.notes
+    return a
+
+
 def _check_units(stage: Stage, units: Units) -> None:
     t = units.table
     for col in (UNIT, KEY):
@@ -163,7 +292,8 @@ def _check_units(stage: Stage, units: Units) -> None:
         raise AccountingError(f"stage {stage.name}: unit ids are not unique")
 
 
-def account(stage: Stage, units: Units, wr: WorkResult, assembled: Assembled, inputs: Inputs) -> Outcome:
+def account(stage: Stage, units: Units, wr: WorkResult, assembled: Assembled, inputs: Inputs,
+            counters: bool = True) -> Outcome:
     """Count every unit's fate; refuse an assembly where the numbers do not add up."""
     ids = units.table[UNIT].to_pylist()
     all_ids = set(ids)
@@ -201,9 +331,11 @@ def account(stage: Stage, units: Units, wr: WorkResult, assembled: Assembled, in
             f"stage {stage.name} lost rows: in={rows_in} but out={rows_out} + quarantined={rows_q} + "
             f"deduplicated={rows_dedup} = {rows_out + rows_q + rows_dedup}" + (f" ({'; '.join(problems)})" if problems else ""))
     tables = {n: (t if isinstance(t, Output) else Output(t)) for n, t in assembled.tables.items()}
+    service_calls = inputs.counters.model_calls if counters else 0
+    service_hits = inputs.counters.cache_hits if counters else 0
     return Outcome(stage.name, tables, pa.Table.from_pylist(q_rows, schema=QUARANTINE), rows_in, rows_out, rows_dedup,
-                   wr.model_calls + assembled.model_calls + inputs.counters.model_calls,
-                   wr.cache_hits + assembled.cache_hits + inputs.counters.cache_hits, assembled.notes)
+                   wr.model_calls + assembled.model_calls + service_calls,
+                   wr.cache_hits + assembled.cache_hits + service_hits, assembled.notes)
 
 
 def _payload(p) -> str | None:
@@ -226,13 +358,18 @@ def run_stage(run: "Run", stage: Stage, refs: dict[str, "DatasetVersion"] | None
     try:
         inputs = resolve_inputs(run, stage, refs or {})
         cache = WorkCache(run.root, stage.name, stage.work_fingerprint())
+        staging = Staging(run.root, stage.name, run.run_id)
         with run.progress(stage.name) as progress:
-            outcome = execute(stage, inputs, cache, progress)
+            outcome = execute(stage, inputs, cache, progress, staging)
     except BaseException as e:
         write.record_failure(run, stage, e, started_at=started_at, started=t0)
         raise
     parents = [r for r in inputs.refs.values() if r is not None]
-    published = write.commit(run, stage, outcome, parents=parents, started_at=started_at, started=t0)
+    try:
+        published = write.commit(run, stage, outcome, parents=parents, started_at=started_at, started=t0)
+    finally:
+        if outcome.staging is not None:
+            outcome.staging.cleanup()
     for name in stage.outputs():  # unchanged outputs: their current versions, so edges stay whole
         if name not in published and (ref := run.catalog.current(name)) is not None:
             published[name] = ref

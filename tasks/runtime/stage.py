@@ -111,16 +111,22 @@ class Units:
     table: pa.Table
     rejected: list[dict] = field(default_factory=list)  # {key, reason, payload}
     duplicates: list[str] = field(default_factory=list)  # keys of input rows identical to an earlier one
+    kept: int = 0  # input rows whose output the previous version already holds (carried over)
 
 
 @dataclass
 class Output:
     """A table to publish, with files that belong to the version (an index, a state file)."""
 
-    table: pa.Table
+    table: pa.Table | None = None
     attachments: dict[str, str] = field(default_factory=dict)  # file name -> local path
     meta: dict | None = None  # stored with the version in the catalog (datasets.meta)
     identity: dict | None = None  # what besides the rows makes two versions differ (an index's type)
+    parts: list[str] = field(default_factory=list)  # staged Parquet parts (a streamed output)
+    mode: str = "replace"  # replace: the rows are the new content; upsert: they replace rows of the same
+    # key; delta: they are appended and `deleted` (row addresses of the current version) are removed
+    upsert_keys: list[str] | None = None
+    deleted: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -153,6 +159,10 @@ class Stage:
     def __init__(self, config: "BuildConfig", **params: Any):
         self.config = config
         self.params = params  # invocation parameters (files of a CLI command); fingerprinted
+
+    def __getstate__(self) -> dict:
+        """What a worker gets of the stage: its config and parameters, not its run state (`_*`)."""
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
     # -- declaration ------------------------------------------------------------------------
     @property
@@ -201,6 +211,21 @@ class Stage:
 
     def assemble(self, inputs: "Inputs", units: pa.Table, results: pa.Table | None) -> Assembled:
         raise NotImplementedError
+
+    # -- streaming stages (units() yields chunks) -----------------------------------------------
+    def batch_outputs(self, units: pa.Table, results: pa.Table) -> dict[str, pa.Table] | None:
+        """Output rows of one batch of units and their results, where the work ran (a worker).
+        A stage that defines it never sends its outputs through the flow process."""
+        return None
+
+    def output_mode(self, name: str) -> tuple[str, list[str] | None]:
+        """How a streamed output's parts make the new version: replace, upsert (keys) or delta."""
+        return "replace", None
+
+    def finish(self, inputs: "Inputs") -> dict:
+        """After the last chunk: per output, what else the publish needs ({name: {"deleted": [...]}})
+        and notes (key "notes")."""
+        return {}
 
     def payload(self, unit: dict) -> dict | None:
         """What a quarantine row keeps of a unit the work failed on (for a human to look at)."""

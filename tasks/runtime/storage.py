@@ -1,20 +1,56 @@
-"""The data root: a local folder or any pyarrow filesystem URI (s3://, gs://, file://)."""
+"""The data root: a local folder or an object store (s3://bucket/prefix, gs://...).
+
+The catalog stores every path relative to the data root, so a catalog and its data can be
+moved or copied together. For S3 the endpoint comes from `AWS_ENDPOINT_URL` when set (a MinIO
+or moto server), the credentials from the usual AWS environment; they are never stored.
+"""
 from __future__ import annotations
 
+import os
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 
+def _s3_filesystem() -> pafs.S3FileSystem:
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    kwargs = {"region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kwargs |= {"endpoint_override": host or endpoint, "scheme": scheme if host else "https"}
+    return pafs.S3FileSystem(**kwargs)
+
+
+def storage_options_for(uri: str) -> dict[str, str]:
+    """Lance's object-store options for a URI (the endpoint of a local S3 server); no secrets."""
+    if not uri.startswith("s3://"):
+        return {}
+    opts = {"aws_region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    if endpoint:
+        opts["aws_endpoint"] = endpoint
+        if endpoint.startswith("http://"):
+            opts["allow_http"] = "true"
+    return opts
+
+
 @dataclass
 class DataRoot:
     uri: str
+    storage_options: dict = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.fs, self.base = pafs.FileSystem.from_uri(self.uri if "://" in self.uri else _local_uri(self.uri))
+        if self.uri.startswith("s3://"):
+            self.fs, self.base = _s3_filesystem(), self.uri[len("s3://"):].rstrip("/")
+            self.scheme = "s3://"
+        else:
+            self.fs, self.base = pafs.FileSystem.from_uri(self.uri if "://" in self.uri else _local_uri(self.uri))
+            self.scheme = "" if isinstance(self.fs, pafs.LocalFileSystem) else self.uri.split("://")[0] + "://"
+        self.storage_options = storage_options_for(self.uri)
         self.fs.create_dir(self.base, recursive=True)
 
     @property
@@ -22,7 +58,27 @@ class DataRoot:
         return isinstance(self.fs, pafs.LocalFileSystem)
 
     def path(self, *parts: str) -> str:
+        """A filesystem path under the root (bucket/prefix/... for object stores)."""
         return posixpath.join(self.base, *parts)
+
+    def lance_uri(self, name: str) -> str:
+        """Where a dataset's Lance table lives: `<root>/<name with / as __>.lance`."""
+        return self.scheme + self.path(name.replace("/", "__") + ".lance")
+
+    def relative(self, path: str) -> str:
+        """A path as the catalog stores it: relative to the root when it lies under it."""
+        bare = path[len(self.scheme):] if self.scheme and path.startswith(self.scheme) else path
+        if bare == self.base:
+            return "."
+        if bare.startswith(self.base + "/"):
+            return bare[len(self.base) + 1:]
+        return path
+
+    def absolute(self, path: str) -> str:
+        """A catalog path back as a URI (object stores) or an absolute path (local)."""
+        if "://" in path or path.startswith("/"):
+            return path
+        return self.scheme + self.path(path)
 
     def write(self, table: pa.Table, path: str) -> None:
         self.fs.create_dir(posixpath.dirname(path), recursive=True)
@@ -50,10 +106,6 @@ class DataRoot:
             while chunk := src.read(1 << 22):
                 dst.write(chunk)
 
-    def local_path(self, path: str) -> str | None:
-        """The OS path of a file under a local root, else None."""
-        return path if self.is_local else None
-
     def delete_dir(self, path: str) -> None:
         if self.exists(path):
             self.fs.delete_dir(path)
@@ -64,10 +116,15 @@ class DataRoot:
         sel = pafs.FileSelector(path, recursive=True)
         return sorted(i.path for i in self.fs.get_file_info(sel) if i.is_file and i.path.endswith(suffix))
 
+    def bytes_under(self, path: str | None = None) -> int:
+        """Total size of the files under a path (benchmarks: bytes a run wrote)."""
+        target = path or self.base
+        if not self.exists(target):
+            return 0
+        return sum(i.size or 0 for i in self.fs.get_file_info(pafs.FileSelector(target, recursive=True)) if i.is_file)
+
 
 def _local_uri(path: str) -> str:
-    from pathlib import Path
-
     p = Path(path).expanduser().resolve()
     p.mkdir(parents=True, exist_ok=True)
     return p.as_uri()

@@ -10,7 +10,7 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from tasks.runtime.catalog import DatasetVersion, sync_collections
+from tasks.runtime.catalog import DatasetVersion
 from tasks.runtime.publish import publish
 from tasks.runtime.validation import ValidationFailed
 
@@ -46,7 +46,6 @@ def commit(run: "Run", stage: "Stage", outcome: "Outcome", *, parents: list[Data
         run.summaries.append(outcome.counts() | {
             "seconds": round(seconds, 3), "status": status,
             "published": {n: (r.dataset.ref, r.published) for n, r in results.items()}, "notes": outcome.notes})
-    sync_collections(run.catalog, run.root, results)
     for name, r in results.items():
         run.logger.info("%s: %s %s (%d rows)", stage.name, "published" if r.published else "unchanged",
                         r.dataset.ref, r.dataset.row_count)

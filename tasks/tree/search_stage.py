@@ -143,7 +143,8 @@ class TreeSearchWork:
 
         cfg = TreeConfig.model_validate(args["tree_cfg"])
         s = args["settings"]
-        self.loaded = load_tree(Catalog(args["catalog"]), DataRoot(args["data_root"]), args["tree"])
+        root = DataRoot(args["data_root"])
+        self.loaded = load_tree(Catalog(args["catalog"], root), root, args["tree"])
         self.params = SearchParams(s["beam"], s["iterations"], s["calibration_leaves"], s["path_factor"], s["seed"])
         self.k = s["k"]
         self.scorer = make_scorer(cfg, self.loaded.tree.space, [TextEncoder.model_validate(args["encoder"])],
