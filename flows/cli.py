@@ -266,12 +266,17 @@ def main(argv: list[str] | None = None) -> int:
     _env_defaults()
     args = build_parser().parse_args(argv)
     from schemas.config import ConfigError
+    from tasks.runtime.catalog import CatalogBusy
+    from tasks.runtime.publish import OldCatalog
 
     try:
         return int(args.func(args) or 0)
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 2
+    except (OldCatalog, CatalogBusy) as e:  # a state of the catalog the user resolves, not a bug
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

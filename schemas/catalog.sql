@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS stage_runs (
     model_calls       BIGINT,                    -- items sent to a model in this run
     cache_hits        BIGINT,                    -- items reused from earlier work
     seconds           DOUBLE,
-    message           VARCHAR
+    message           VARCHAR,
+    peak_memory_mb    DOUBLE                     -- peak memory of the process that built the outputs
 );
 
 CREATE TABLE IF NOT EXISTS datasets (
@@ -49,6 +50,7 @@ CREATE TABLE IF NOT EXISTS datasets (
 );
 ALTER TABLE datasets ADD COLUMN IF NOT EXISTS meta VARCHAR;
 ALTER TABLE datasets ADD COLUMN IF NOT EXISTS table_version BIGINT;  -- the Lance version of the dataset
+ALTER TABLE stage_runs ADD COLUMN IF NOT EXISTS peak_memory_mb DOUBLE;  -- catalogs made before it had no column
 
 CREATE TABLE IF NOT EXISTS lineage (
     name              VARCHAR NOT NULL,

@@ -100,6 +100,20 @@ class RayConfig(Strict):
     num_cpus: int | None = Field(None, ge=1, description="local Ray only")
 
 
+class TaskConfig(Strict):
+    """Where a stage's build step runs (index, tree, mining): a Ray task of its own once the
+    input is large, so the flow process never holds the corpus; in-process below `local_below`."""
+
+    cpus: float = Field(1.0, gt=0, description="CPUs the Ray task asks for")
+    memory_mb: int | None = Field(None, gt=0, description="memory the Ray task asks for (Ray schedules by it)")
+    local_below: int = Field(100_000, ge=0, description="inputs smaller than this are built in the flow process")
+
+
+def task_resources(**defaults):
+    """The `task` field of a section whose build step may run as a Ray task (never fingerprinted)."""
+    return resource(TaskConfig(**defaults), description="where the build step runs: Ray task resources")
+
+
 class FlowConfig(Strict):
     retries: int = Field(2, ge=0)
     retry_delay_s: float = Field(2.0, ge=0)
@@ -132,10 +146,14 @@ class IndexConfig(Strict):
     ivf_nprobe: int = Field(32, ge=1)
     pq_bits: int = Field(8, ge=4, le=12)
     retrain_growth: float = Field(2.0, ge=1.0, description="retrain IVF/PQ once the corpus grows past this factor")
+    max_segments: int = Field(8, ge=1, description="refresh: rebuild once an index would have more segments")
+    compact_fraction: float = Field(0.2, ge=0, le=1, description="refresh: rebuild once more than this share "
+                                    "of the stored vectors are masked (removed)")
     search_batch: int = resource(1024, ge=1, description="queries per batched top-k search")
     bm25: bool = Field(True, description="also build a BM25 index over document texts and captions")
     bm25_k1: float = Field(1.5, gt=0)
     bm25_b: float = Field(0.75, ge=0, le=1)
+    task: TaskConfig = task_resources()
 
 
 class JudgeFilter(Strict):
@@ -190,6 +208,7 @@ class NegativesConfig(Strict):
     queries_file: str | None = Field(None, description="imported queries, `qid<TAB>text` per line")
     qrels_file: str | None = Field(None, description="imported TREC qrels; grade >= positive_grade are positives")
     query_batch: int = resource(1024, ge=1, description="queries mined per batch (bounds memory)")
+    task: TaskConfig = task_resources()
 
 
 class ExportConfig(Strict):
@@ -311,6 +330,7 @@ class TreeConfig(Strict):
     summarizer: ModelBackend = Field(default_factory=lambda: ModelBackend(max_new_tokens=96),
                                      description="offline: extractive (c-TF-IDF keyphrases + central passage)")
     search: TreeSearchConfig = TreeSearchConfig()
+    task: TaskConfig = task_resources()
 
 
 

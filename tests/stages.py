@@ -27,7 +27,7 @@ def flat_index(vectors, doc_ids, space: str = "test-space@1"):
     import numpy as np
 
     from schemas.config import IndexConfig
-    from tasks.index.vector import refresh_vector_index
+    from tasks.index.refresh import refresh_vector_index
 
     vectors = np.ascontiguousarray(vectors, np.float32)
     n = len(vectors)

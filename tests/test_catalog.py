@@ -206,3 +206,38 @@ def test_a_document_whose_modality_does_not_match_its_content_is_refused(store):
     with pytest.raises(ValidationFailed) as err:
         publish(cat, root, "documents", t)
     assert [(f["column"], f["unexpected_count"]) for f in err.value.report.failures] == [("__modality_matches_content", 1)]
+
+
+OLD_DATASETS = """CREATE TABLE datasets (name VARCHAR NOT NULL, version INTEGER NOT NULL, path VARCHAR NOT NULL,
+    row_count BIGINT NOT NULL, content_hash VARCHAR NOT NULL, schema_fingerprint VARCHAR NOT NULL,
+    validation VARCHAR NOT NULL, is_current BOOLEAN NOT NULL, run_id VARCHAR, stage VARCHAR,
+    fingerprint VARCHAR, created_at TIMESTAMP NOT NULL, meta VARCHAR, PRIMARY KEY (name, version))"""
+
+
+def test_a_catalog_from_before_sharded_versions_is_refused_with_how_to_rebuild(tmp_path, capsys):
+    """A catalog whose versions are single Parquet files (no Lance table version) is not read as if
+    it were current: a build refuses it, naming the catalog and the way out, and exits 1."""
+    import duckdb
+
+    from flows.cli import main
+
+    work = tmp_path / "work"
+    work.mkdir()
+    con = duckdb.connect(str(work / "catalog.duckdb"))
+    con.execute(OLD_DATASETS)
+    con.execute("INSERT INTO datasets VALUES ('documents', 1, 'documents/v1.parquet', 3, 'h', 's', '{}', true, "
+                "'r', 'ingest', 'f', now(), NULL)")
+    con.close()
+    config = tmp_path / "old.yaml"
+    config.write_text(textwrap.dedent(f"""
+        name: old
+        workdir: {work}
+        corpus: {{root: {REPO / 'infra' / 'sample_corpus'}, sources: [{{kind: manifest, path: documents.jsonl}}]}}
+    """))
+    assert main(["build", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "documents@v1" in err and "earlier corpusforge" in err and "corpusforge build" in err
+    assert str(work / "catalog.duckdb") in err
+    cat = Catalog(work / "catalog.duckdb")  # the migration added the column and kept the row
+    assert cat.current("documents").table_version is None
+    assert cat.query("SELECT count(*) AS n FROM runs").to_pylist() == [{"n": 0}]  # refused before it started

@@ -9,11 +9,12 @@ import pytest
 
 from schemas.config import IndexConfig
 from tasks.index.lexical import LexicalIndex, lexical_texts
-from tasks.index.plan import build_faiss, plan_index
+from tasks.index.plan import plan_index
 from tasks.index.search import search
 from tasks.index.stage import Index
 from tasks.index.store import IndexStore
-from tasks.index.vector import VectorIndex, refresh_vector_index
+from tasks.index.refresh import refresh_vector_index
+from tasks.index.vector import VectorIndex
 from tasks.runtime.catalog import Catalog
 from tasks.runtime.storage import DataRoot
 from tasks.runtime.write import seed
@@ -97,28 +98,79 @@ def test_documents_with_several_vectors_score_as_their_best_item():
 
 
 # ---- refresh ------------------------------------------------------------------------------------
-def test_new_vectors_are_added_without_a_rebuild():
+def test_new_vectors_go_into_a_new_segment_and_old_ones_are_never_rewritten():
     x = clustered(1200)
     first = refresh_vector_index("t", embeddings(x[:1000]), None, IndexConfig())
-    faiss_obj = first.index.index
+    faiss_obj = first.index.segments[0].index
     grown = refresh_vector_index("t", embeddings(x), first.index, IndexConfig())
-    assert grown.action == "added" and grown.added == 200 and grown.index.index is faiss_obj
+    assert grown.action == "added" and grown.added == 200
+    assert len(grown.index.segments) == 2 and grown.index.segments[0].index is faiss_obj
     assert grown.index.count == 1200 and grown.index.manifest["added_since_build"] == 200
+    assert grown.new_rows.num_rows == 200 and grown.new_rows["position"].to_pylist() == list(range(1000, 1200))
     s, d = grown.index.search_docs(x[1100:1101], 1)
     assert grown.index.docs[d[0, 0]] == "d01100" and s[0, 0] == pytest.approx(1.0, abs=1e-5)
+    # a flat index in segments answers exactly like one flat index over the same vectors
+    whole = refresh_vector_index("t", embeddings(x), None, IndexConfig()).index
+    q = clustered(20, seed=5)
+    s1, d1 = whole.search_docs(q, 15)
+    s2, d2 = grown.index.search_docs(q, 15)
+    assert np.allclose(s1, s2, atol=1e-6) and [list(whole.docs[r]) for r in d1] == [list(grown.index.docs[r]) for r in d2]
     same = refresh_vector_index("t", embeddings(x), grown.index, IndexConfig())
     assert same.action == "unchanged"
 
 
-@pytest.mark.parametrize("case", ["removed", "type_change", "ivf_outgrown", "space"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf_flat"])
+def test_removed_vectors_are_masked_until_compaction(kind):
+    x = clustered(2000)
+    cfg = IndexConfig(type=kind, ivf_nprobe=64, compact_fraction=0.25)
+    prev = refresh_vector_index("t", embeddings(x), None, cfg).index
+    keep = np.r_[0:100, 400:2000]  # 300 of 2000 removed (15%): masked, not rebuilt
+    res = refresh_vector_index("t", embeddings(x[keep], doc_ids=[f"d{i:05d}" for i in keep]), prev, cfg)
+    assert res.action == "added" and res.removed == 300 and res.added == 0
+    assert sorted(res.removed_positions.tolist()) == list(range(100, 400))
+    vi = res.index
+    assert vi.count == 1700 and vi.stored == 2000
+    s, d = vi.search_docs(x[100:400], 5)  # the removed vectors themselves never come back
+    found = {vi.docs[j] for row in d for j in row if j >= 0}
+    assert not found & {f"d{i:05d}" for i in range(100, 400)} and (d >= 0).all()
+    s, d = vi.search_docs(x[500:510], 1)
+    assert [vi.docs[j] for j in d[:, 0]] == [f"d{i:05d}" for i in range(500, 510)]
+    # removing 600 of 2000 would mask 30% > 25%: compaction rebuilds
+    rest = np.r_[0:100, 700:2000]
+    again = refresh_vector_index("t", embeddings(x[rest], doc_ids=[f"d{i:05d}" for i in rest]), vi, cfg)
+    assert again.action == "built" and again.reason.startswith("compaction") and again.index.stored == 1400
+
+
+def test_ivf_segments_share_the_trained_quantizer():
+    x = clustered(3000)
+    cfg = IndexConfig(type="ivf_flat", ivf_nprobe=64, retrain_growth=2.0)
+    prev = refresh_vector_index("t", embeddings(x[:2000]), None, cfg).index
+    assert prev.manifest["template"]["file"] == "trained.faiss"
+    res = refresh_vector_index("t", embeddings(x), prev, cfg)
+    assert res.action == "added" and len(res.index.segments) == 2
+    s, d = res.index.search_docs(x[2500:2510], 1)
+    assert [res.index.docs[j] for j in d[:, 0]] == [f"d{i:05d}" for i in range(2500, 2510)]
+
+
+def test_too_many_segments_compact():
+    x = clustered(1000)
+    cfg = IndexConfig(max_segments=3)
+    vi = refresh_vector_index("t", embeddings(x[:700]), None, cfg).index
+    actions = []
+    for n in (800, 900, 1000):
+        res = refresh_vector_index("t", embeddings(x[:n]), vi, cfg)
+        actions.append(res.action)
+        vi = res.index
+    assert actions == ["added", "added", "built"] and len(vi.segments) == 1 and vi.count == 1000
+
+
+@pytest.mark.parametrize("case", ["type_change", "ivf_outgrown", "space"])
 def test_rebuild_when_adding_is_not_enough(case):
     x = clustered(3000)
     cfg = IndexConfig(flat_max_vectors=2500) if case == "type_change" else IndexConfig(
         type="ivf_flat" if case == "ivf_outgrown" else "auto", retrain_growth=1.4)
     prev = refresh_vector_index("t", embeddings(x[:2000]), None, cfg).index
-    if case == "removed":
-        new = embeddings(x[1:2000])
-    elif case == "space":
+    if case == "space":
         new = embeddings(x[:2000], space="other@2")
     else:
         new = embeddings(x)
@@ -142,12 +194,19 @@ def test_store_publishes_versions_atomically_and_round_trips(tmp_path):
         s2, d2 = back.search_docs(x[:7], 5)
         assert np.array_equal(d1, d2) and np.allclose(s1, s2)
     vi = store.load_vector("flat")
-    vi.add(embeddings(clustered(5, seed=9), doc_ids=[f"n{i}" for i in range(5)]).select(
-        ["item_id", "item_kind", "doc_id", "content_sha256"]), clustered(5, seed=9))
-    assert seed(catalog, root, "indexes/flat", vi.to_output("added")).version == 2
+    more = clustered(5, seed=9)
+    grown = refresh_vector_index("flat", pa.concat_tables([embeddings(x), embeddings(more, doc_ids=[f"n{i}" for i in range(5)])]),
+                                 vi, IndexConfig(type="flat"))
+    out = grown.index.to_output("added", added=grown.new_rows)
+    assert list(out.attachments) == [grown.index.segments[1].file]  # only the new segment is written
+    assert seed(catalog, root, "indexes/flat", out).version == 2
     rows = catalog.query("SELECT name, version, is_current, count, action FROM indexes WHERE name='flat' ORDER BY version").to_pylist()
     assert [(r["version"], r["is_current"], r["count"], r["action"]) for r in rows] == [(1, False, 600, "built"), (2, True, 605, "added")]
     assert store.items_of("flat", 1).num_rows == 600 and store.items_of("flat", 2).num_rows == 605
+    back = store.load_vector("flat")
+    assert len(back.segments) == 2 and back.segments[0].dir != back.segments[1].dir  # v1's file is shared
+    s, d = back.search_docs(more[:2], 1)
+    assert [back.docs[j] for j in d[:, 0]] == ["n0", "n1"]
 
 
 # ---- BM25 ---------------------------------------------------------------------------------------
@@ -250,11 +309,43 @@ def test_index_stage_builds_refreshes_and_searches(ctx, minilm):
 
 
 def test_vector_index_is_plain_data():
-    """The id map is the contract: FAISS id i is items row i."""
+    """The id map is the contract: item `position` is the FAISS id across the segments."""
+    from tasks.index.plan import fill, train_faiss
+    from tasks.index.vector import Segment, Vectors
+
     x = clustered(10, dim=8)
-    idx = build_faiss(x, plan_index(10, 8, IndexConfig()))
-    vi = VectorIndex("t", idx, embeddings(x).select(["item_id", "item_kind", "doc_id", "content_sha256"]),
-                     {"type": "flat"})
+    plan = plan_index(10, 8, IndexConfig())
+    vecs = Vectors.from_table(embeddings(x))
+    items = embeddings(x).select(["item_id", "item_kind", "doc_id", "content_sha256"])
+    items = items.add_column(0, "position", pa.array(range(10), pa.int64()))
+    vi = VectorIndex("t", [Segment(fill(train_faiss(vecs, plan), vecs.batches(), plan), 0, "s.faiss")], items,
+                     {"type": "flat", "params": {}, "dim": 8})
     assert vi.doc_position(["d00003", "nope"]).tolist() == [3, -1]
-    s, ids = vi.search_items(x[3:4], 1)
-    assert ids[0, 0] == 3
+    s, rows = vi.search_items(x[3:4], 1)
+    assert rows[0, 0] == 3
+
+
+def test_a_large_index_is_built_in_a_ray_task_with_its_peak_memory(ctx, tmp_path):
+    """index.task.local_below: 0 sends the build to a Ray task: the outputs come back as staged parts
+    and files under the data root, equal to an in-process build, and the task's peak is recorded."""
+    from tasks.embed import TEXT_DATASET
+    from tasks.runtime.catalog import Catalog
+
+    x = clustered(3000, dim=16)
+    ids = [f"{i:032x}" for i in range(3000)]
+    docs = _publish(ctx, "documents", _docs({d: f"text {d}" for d in ids}))
+    _publish(ctx, TEXT_DATASET, embeddings(x, doc_ids=ids), [docs])
+    remote = ctx.model_copy(update={"index": ctx.index.model_copy(update={
+        "bm25": False, "task": ctx.index.task.model_copy(update={"local_below": 0})})})
+    refs, summary = run_one(remote, Index(remote))
+    assert summary["memory"]["where"] == "ray task" and summary["memory"]["peak_mb"] > 50
+    catalog = Catalog(ctx.catalog_path)
+    peak = catalog.query("SELECT peak_memory_mb FROM stage_runs WHERE stage = 'index'").column(0).to_pylist()
+    assert peak == [summary["memory"]["peak_mb"]]
+    store = IndexStore(catalog, DataRoot(ctx.data_root_uri))
+    vi = store.load_vector("text")
+    local = refresh_vector_index("text", embeddings(x, doc_ids=ids), None, IndexConfig()).index
+    s1, d1 = vi.search_docs(x[:20], 5)
+    s2, d2 = local.search_docs(x[:20], 5)
+    assert np.allclose(s1, s2) and [list(vi.docs[r]) for r in d1] == [list(local.docs[r]) for r in d2]
+    assert not DataRoot(ctx.data_root_uri).list_files(DataRoot(ctx.data_root_uri).path("_staging"), suffix="")

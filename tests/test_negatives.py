@@ -14,7 +14,7 @@ import pytest
 
 from schemas.config import IndexConfig, NegativesConfig
 from tasks.index.lexical import LexicalIndex
-from tasks.index.vector import refresh_vector_index
+from tasks.index.refresh import refresh_vector_index
 from tasks.negatives.mine import mine
 from tasks.negatives.plan import plan_mining
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pytest
 
 from schemas.config import IndexConfig, NegativesConfig
-from tasks.index.vector import refresh_vector_index
+from tasks.index.refresh import refresh_vector_index
 from tasks.negatives.mine import mine
 from tests.conftest import LLMJUDGE
 

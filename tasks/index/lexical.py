@@ -82,7 +82,7 @@ class LexicalIndex:
                          schema=INDEX_ITEMS)
         meta = self.manifest | {"kind": "bm25", "action": "built"}
         identity = {k: self.manifest[k] for k in ("type", "k1", "b", "tokenizer", "content_hash")}
-        return Output(table, files, meta, identity)
+        return Output(table, files, meta, identity, mode="overwrite")
 
     @classmethod
     def from_files(cls, items: pa.Table, manifest: dict, folder: str | None) -> "LexicalIndex":

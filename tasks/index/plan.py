@@ -66,30 +66,26 @@ def plan_index(n: int, dim: int, cfg: IndexConfig) -> IndexPlan:
                      est / 2**20)
 
 
-def build_faiss(vectors, plan: IndexPlan, seed: int = 0):
-    """Train (IVF/PQ, on a seeded sample) and fill an index, batch by batch."""
+def train_faiss(vectors, plan: IndexPlan, seed: int = 0):
+    """An empty index of the plan's type, trained (IVF/PQ) on a seeded sample of the vectors."""
     import faiss
 
-    if isinstance(vectors, np.ndarray):
-        import pyarrow as pa
-
-        from tasks.index.vector import Vectors
-
-        arr = np.ascontiguousarray(vectors, dtype=np.float32)
-        vectors = Vectors(pa.table({"space": pa.nulls(len(arr), pa.string())}), arr.shape[1], lambda: iter([arr]))
-        n = len(arr)
-    else:
-        n = vectors.items.num_rows
-    index = faiss.index_factory(vectors.dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.index_factory(max(vectors.dim, 1), plan.factory, faiss.METRIC_INNER_PRODUCT)
     if plan.type == "hnsw":
         index.hnsw.efConstruction = plan.params["efConstruction"]
     if not index.is_trained:
+        n = vectors.items.num_rows
         rng = np.random.default_rng(seed)
         cap = max(plan.params.get("nlist", 1) * 256, 2 ** plan.params.get("pq_bits", 0) * 256)
         rows = np.arange(n) if n <= cap else np.sort(rng.choice(n, cap, replace=False))
         index.train(vectors.take(rows))
-    for batch in vectors.batches():
-        index.add(batch)
+    return index
+
+
+def fill(index, batches, plan: IndexPlan):
+    """Add vectors batch by batch and set the search parameters."""
+    for batch in batches:
+        index.add(np.ascontiguousarray(batch, dtype=np.float32))
     search_params(index, plan.type, plan.params)
     return index
 

@@ -1,13 +1,17 @@
-"""A vector index with its id map, the vectors it is built from, and its incremental refresh.
+"""A vector index as segments: FAISS files that a refresh adds to and never rewrites.
 
-Row i of the id map (item_id, item_kind, doc_id, content_sha256) is FAISS id i. On refresh new
-vectors are added to the current index instead of rebuilding it, unless the chosen type
-changes, vectors were removed, or a trained index (IVF/PQ) outgrew its training.
+An index version is its id map (the dataset `indexes/<name>`: one row per live vector, whose
+`position` is its global FAISS id) plus segment files. Segment s holds the ids
+[first_id, first_id + count); a refresh adds one segment for the new vectors and deletes the
+removed vectors' rows from the id map, so they are masked at search time (an IDSelector) until
+a compaction rebuilds. A search runs on every segment and merges the top-k, which for a flat
+index is exactly the search of one index over the same vectors.
 """
 from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -15,10 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.config import IndexConfig
 from schemas.tables import INDEX_ITEMS
-from tasks.index.plan import METRIC, build_faiss, empty_faiss, faiss_version, plan_index
-from tasks.runtime.catalog import now
+from tasks.index.plan import search_params
 from tasks.runtime.stage import Output
 from tasks.runtime.tables import vectors as vectors_of
 
@@ -27,24 +29,53 @@ ITEM_COLUMNS = ["item_id", "item_kind", "doc_id", "content_sha256"]
 
 
 @dataclass
+class Segment:
+    """One FAISS file of an index: local id i is global id first_id + i."""
+
+    index: object
+    first_id: int
+    file: str  # file name
+    dir: str | None = None  # data-root-relative folder; None: stored with the version being written
+    local: str | None = None  # a local copy (to upload with the version)
+
+    @property
+    def count(self) -> int:
+        return int(self.index.ntotal)
+
+    def entry(self) -> dict:
+        return {"file": self.file, "dir": self.dir, "first_id": self.first_id, "count": self.count}
+
+
+@dataclass
 class VectorIndex:
-    """A FAISS index over item vectors; items[i] (item_id, item_kind, doc_id, content_sha256) is FAISS id i.
+    """FAISS segments and the id map of their live vectors (ITEM_COLUMNS + position, by position).
 
     A document may have several vectors (its text and its captions): document-level search keeps
     each document's best item, so a document scores as its best-matching representation.
     """
 
     name: str
-    index: object
+    segments: list[Segment]
     items: pa.Table
     manifest: dict
     docs: np.ndarray = field(init=False)  # doc ids, first appearance order
     item_doc: np.ndarray = field(init=False)  # item row -> position in docs
 
     def __post_init__(self) -> None:
-        self._map_docs()
+        self.items = self.items.sort_by("position") if self.items.num_rows else self.items
+        self._map()
 
-    def _map_docs(self) -> None:
+    def _map(self) -> None:
+        pos = self.items["position"].to_numpy() if self.items.num_rows else np.zeros(0, np.int64)
+        self.positions = pos.astype(np.int64)
+        end = max([s.first_id + s.count for s in self.segments], default=0)
+        self.row_of = np.full(end, -1, np.int64)
+        self.row_of[self.positions] = np.arange(len(self.positions))
+        self._params: list = [None] * len(self.segments)
+        for i, s in enumerate(self.segments):
+            live = self.row_of[s.first_id:s.first_id + s.count] >= 0
+            if not live.all():
+                self._params[i] = _excluding(s.index, self.manifest, np.flatnonzero(~live))
         doc_ids = self.items["doc_id"].to_numpy(zero_copy_only=False).astype(object)
         uniq, first, inv = np.unique(doc_ids, return_index=True, return_inverse=True)
         order = np.argsort(first, kind="stable")
@@ -59,15 +90,25 @@ class VectorIndex:
 
     @property
     def count(self) -> int:
-        return int(self.index.ntotal)
+        """Live vectors (the id map's rows)."""
+        return self.items.num_rows
+
+    @property
+    def stored(self) -> int:
+        """Vectors in the segment files, masked ones included."""
+        return sum(s.count for s in self.segments)
 
     @property
     def dim(self) -> int:
-        return int(self.index.d)
+        return int(self.manifest["dim"])
 
     @property
     def type(self) -> str:
         return self.manifest["type"]
+
+    @property
+    def next_id(self) -> int:
+        return max([s.first_id + s.count for s in self.segments], default=0)
 
     def doc_position(self, doc_ids) -> np.ndarray:
         """Positions of doc ids in `docs`; -1 for documents without a vector here."""
@@ -75,15 +116,30 @@ class VectorIndex:
 
     # -- search --
     def search_items(self, queries: np.ndarray, k: int, batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-        """Batched top-k over items: (scores, faiss ids), -1 where fewer than k exist."""
+        """Batched top-k over the live items: (scores, item rows), -1 where fewer than k exist."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        k = max(1, min(k, self.count))
-        scores = np.empty((len(queries), k), np.float32)
-        ids = np.empty((len(queries), k), np.int64)
+        k = max(1, min(k, max(self.count, 1)))
+        scores = np.full((len(queries), k), -np.inf, np.float32)
+        rows = np.full((len(queries), k), -1, np.int64)
+        if self.count == 0:
+            return scores, rows
         for i in range(0, len(queries), batch):
-            s, d = self.index.search(queries[i:i + batch], k)
-            scores[i:i + batch], ids[i:i + batch] = s, d
-        return scores, ids
+            q = queries[i:i + batch]
+            parts_s, parts_r = [], []
+            for seg, params in zip(self.segments, self._params):
+                if seg.count == 0:
+                    continue
+                s, local = seg.index.search(q, min(k, seg.count), params=params)
+                ok = local >= 0
+                parts_s.append(np.where(ok, s, -np.inf).astype(np.float32))
+                parts_r.append(np.where(ok, self.row_of[np.where(ok, local + seg.first_id, 0)], -1))
+            s, r = np.concatenate(parts_s, axis=1), np.concatenate(parts_r, axis=1)
+            if len(parts_s) > 1:
+                order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+                s, r = np.take_along_axis(s, order, 1), np.take_along_axis(r, order, 1)
+            n = min(k, s.shape[1])
+            scores[i:i + len(q), :n], rows[i:i + len(q), :n] = s[:, :n], np.where(np.isfinite(s[:, :n]), r[:, :n], -1)
+        return scores, rows
 
     def search_docs(self, queries: np.ndarray, k: int, batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
         """Top-k documents per query: (scores [B,k], doc positions [B,k]), padded with -inf / -1."""
@@ -93,9 +149,9 @@ class VectorIndex:
         if self.count == 0 or B == 0:
             return out_s, out_d
         fetch = min(self.count, k * self.max_items_per_doc)
-        s, ids = self.search_items(queries, fetch, batch)
-        valid = ids >= 0
-        doc = np.where(valid, self.item_doc[np.where(valid, ids, 0)], -1)
+        s, rows = self.search_items(queries, fetch, batch)
+        valid = rows >= 0
+        doc = np.where(valid, self.item_doc[np.where(valid, rows, 0)], -1)
         if self.max_items_per_doc == 1:
             n = min(k, doc.shape[1])
             out_s[:, :n] = np.where(valid[:, :n], s[:, :n], -np.inf)
@@ -108,6 +164,21 @@ class VectorIndex:
             out_s[r, :len(first)] = s[r][valid[r]][first]
             out_d[r, :len(first)] = row[first]
         return out_s, out_d
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """The stored vectors of item rows (as FAISS reconstructs them: PQ codes decoded)."""
+        rows = np.asarray(rows, np.int64)
+        out = np.zeros((len(rows), self.dim), np.float32)
+        if len(rows) == 0:
+            return out
+        ids = self.positions[rows]
+        starts = np.array([s.first_id for s in self.segments])
+        seg = np.searchsorted(starts, ids, side="right") - 1
+        for i, s in enumerate(self.segments):
+            at = np.flatnonzero(seg == i)
+            if len(at):
+                out[at] = s.index.reconstruct_batch((ids[at] - s.first_id).astype(np.int64))
+        return out
 
     def doc_scores(self, queries: np.ndarray, doc_positions: list[np.ndarray]) -> list[np.ndarray]:
         """Exact scores of given documents for each query (a document scores as its best item)."""
@@ -123,8 +194,7 @@ class VectorIndex:
                 continue
             items = [self._doc_items[d] if d >= 0 else np.zeros(0, np.int64) for d in docs]
             flat = np.concatenate(items) if items else np.zeros(0, np.int64)
-            vecs = self.index.reconstruct_batch(flat) if len(flat) else np.zeros((0, self.dim), np.float32)
-            sims = vecs @ np.asarray(q, np.float32)
+            sims = self.vectors(flat) @ np.asarray(q, np.float32)
             scores, pos = np.full(len(docs), -np.inf, np.float32), 0
             for i, it in enumerate(items):
                 if len(it):
@@ -133,36 +203,85 @@ class VectorIndex:
             out.append(scores)
         return out
 
-    # -- storage: the id map is the version's table, the FAISS file its attachment --
-    def to_output(self, action: str) -> Output:
+    # -- refresh --
+    def add_segment(self, index, items: pa.Table) -> Segment:
+        """A new segment (already filled) and its id-map rows; nothing stored is rewritten."""
+        seg = Segment(index, self.next_id, f"segment-{uuid.uuid4().hex[:12]}.faiss")
+        rows = items.select(ITEM_COLUMNS).add_column(0, "position", pa.array(
+            np.arange(seg.first_id, seg.first_id + seg.count), pa.int64()))
+        self.segments.append(seg)
+        self.items = pa.concat_tables([self.items, rows.cast(self.items.schema)])
+        self._map()
+        return seg
+
+    def remove(self, positions: np.ndarray) -> None:
+        keep = pc.invert(pc.is_in(self.items["position"], value_set=pa.array(positions, pa.int64())))
+        self.items = self.items.filter(keep)
+        self._map()
+
+    # -- storage: the id map is the version's table, the segment files its attachments --
+    def to_output(self, action: str, *, added: pa.Table | None = None, deleted: list[int] | None = None) -> Output:
+        """The version to publish: the whole id map (a build) or the new rows and the deleted rows'
+        addresses (an addition); segment files not yet stored travel as attachments."""
         import faiss
 
-        path = os.path.join(tempfile.mkdtemp(prefix="corpusforge-index-"), "index.faiss")
-        faiss.write_index(self.index, path)
-        items = self.items.select(ITEM_COLUMNS)
-        table = items.add_column(0, "position", pa.array(np.arange(items.num_rows), pa.int64())).cast(INDEX_ITEMS)
-        m = self.manifest
-        meta = m | {"kind": "faiss", "action": action}
-        identity = {k: m.get(k) for k in ("type", "factory", "params", "space", "dim", "metric")}
-        return Output(table, {"index.faiss": path}, meta, identity)
+        attachments = {}
+        for seg in self.segments:
+            if seg.dir is None:
+                if seg.local is None:
+                    seg.local = os.path.join(tempfile.mkdtemp(prefix="corpusforge-index-"), seg.file)
+                    faiss.write_index(seg.index, seg.local)
+                attachments[seg.file] = seg.local
+        template = self.manifest.get("template")
+        if template and template.get("dir") is None and template.get("local"):
+            attachments[template["file"]] = template["local"]
+        meta = self.manifest | {"kind": "faiss", "action": action, "segments": [s.entry() for s in self.segments],
+                                "count": self.count, "stored": self.stored,
+                                "docs": len(self.docs), "max_items_per_doc": self.max_items_per_doc}
+        if template:
+            meta["template"] = {k: v for k, v in template.items() if k != "local"}
+        identity = {k: self.manifest.get(k) for k in ("type", "factory", "params", "space", "dim", "metric")}
+        if action == "built":
+            return Output(self.items.cast(INDEX_ITEMS), attachments, meta, identity, mode="overwrite")
+        rows = (added if added is not None else self.items.slice(0, 0)).cast(INDEX_ITEMS)
+        return Output(rows, attachments, meta, identity, mode="delta", deleted=list(deleted or []))
 
     @classmethod
-    def from_files(cls, items: pa.Table, manifest: dict, faiss_path: str) -> "VectorIndex":
+    def load(cls, items: pa.Table, manifest: dict, attachments: str | None,
+             local_path: Callable[[str, str], str]) -> "VectorIndex":
+        """An index from its id map and manifest; `attachments` is the version's own folder (where
+        its entries without a `dir` live) and `local_path(dir, file)` gives a file locally."""
         import faiss
 
-        from tasks.index.plan import search_params
+        manifest = dict(manifest)
+        segments = []
+        for e in manifest.get("segments") or []:
+            folder = e.get("dir") or attachments
+            index = faiss.read_index(local_path(folder, e["file"]))
+            search_params(index, manifest["type"], manifest["params"])
+            segments.append(Segment(index, int(e["first_id"]), e["file"], folder))
+        if manifest.get("template"):
+            t = dict(manifest["template"])
+            t["dir"] = t.get("dir") or attachments
+            t["local"] = local_path(t["dir"], t["file"])
+            manifest["template"] = t
+        return cls(manifest["name"], segments, items.select(["position"] + ITEM_COLUMNS), manifest)
 
-        index = faiss.read_index(faiss_path)
-        search_params(index, manifest["type"], manifest["params"])
-        return cls(manifest["name"], index, items.sort_by("position").select(ITEM_COLUMNS), manifest)
 
-    # -- refresh --
-    def add(self, items: pa.Table, vectors: np.ndarray) -> None:
-        """Append vectors (and their id-map rows) without rebuilding."""
-        self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-        self.items = pa.concat_tables([self.items, items.select(self.items.column_names).cast(self.items.schema)])
-        self._map_docs()
-        self.manifest.update(count=self.count, docs=len(self.docs), max_items_per_doc=self.max_items_per_doc)
+def _excluding(index, manifest: dict, local_ids: np.ndarray):
+    """Search parameters that skip masked (deleted) local ids, keeping the index's own settings."""
+    import faiss
+
+    sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(local_ids.astype(np.int64)))
+    kind, p = manifest["type"], manifest["params"]
+    if kind == "hnsw":
+        params = faiss.SearchParametersHNSW(sel=sel, efSearch=p["efSearch"])
+    elif kind.startswith("ivf"):
+        params = faiss.SearchParametersIVF(sel=sel, nprobe=p["nprobe"])
+    else:
+        params = faiss.SearchParameters(sel=sel)
+    params._keep = sel  # the selector must outlive the parameters (SWIG does not own it)
+    return params
 
 
 @dataclass
@@ -174,12 +293,16 @@ class Vectors:
     items: pa.Table  # ITEM_COLUMNS + space
     dim: int
     stream: Callable[[], Iterator[np.ndarray]]
+    fetch: Callable[[np.ndarray], np.ndarray] | None = None  # rows -> vectors, without a full scan
 
     def batches(self) -> Iterator[np.ndarray]:
         return self.stream()
 
     def take(self, rows: np.ndarray) -> np.ndarray:
-        """Vectors of the given row positions (ascending), gathered batch by batch."""
+        """Vectors of the given row positions (ascending)."""
+        rows = np.asarray(rows, np.int64)
+        if self.fetch is not None:
+            return self.fetch(rows)
         out, start, done = np.empty((len(rows), self.dim), np.float32), 0, 0
         for b in self.batches():
             lo, hi = np.searchsorted(rows, [start, start + len(b)])
@@ -196,14 +319,17 @@ class Vectors:
         if keep is not None:
             items, vectors = items.filter(pa.array(keep)), vectors[keep]
         dim = vectors.shape[1] if len(vectors) else 0
-        return cls(items, dim, lambda: (vectors[i:i + batch_rows] for i in range(0, len(vectors), batch_rows)))
+        return cls(items, dim, lambda: (vectors[i:i + batch_rows] for i in range(0, len(vectors), batch_rows)),
+                   lambda rows: vectors[rows])
 
     @classmethod
     def from_dataset(cls, ds, batch_rows: int = 16384) -> "Vectors":
-        """The indexable vectors of an embeddings version (a Lance dataset), streamed shard by
-        shard: the id columns are read once, the vectors as they go into FAISS."""
+        """The indexable vectors of an embeddings version (a Lance dataset): the id columns are
+        read once, the vectors streamed shard by shard or fetched by row address."""
         filt = "item_kind IN ('document', 'caption', 'image') AND doc_id IS NOT NULL"
-        items = ds.to_table(columns=ITEM_COLUMNS + ["space"], filter=filt)
+        items = ds.to_table(columns=ITEM_COLUMNS + ["space"], filter=filt, with_row_address=True)
+        addrs = items["_rowaddr"].to_numpy()
+        items = items.drop_columns(["_rowaddr"])
         vtype = ds.schema.field("vector").type
         dim = vtype.list_size if pa.types.is_fixed_size_list(vtype) else 0
 
@@ -211,7 +337,13 @@ class Vectors:
             for batch in ds.scanner(columns=["vector"], filter=filt, batch_size=batch_rows).to_batches():
                 yield np.ascontiguousarray(vectors_of(pa.table({"vector": batch.column(0)})))
 
-        return cls(items, dim, stream)
+        def fetch(rows: np.ndarray) -> np.ndarray:
+            if len(rows) == 0:
+                return np.zeros((0, dim), np.float32)
+            got = ds._take_rows(addrs[rows].tolist(), columns=["vector"])
+            return np.ascontiguousarray(vectors_of(got))
+
+        return cls(items, dim, stream, fetch)
 
 
 def _indexable_mask(table: pa.Table) -> np.ndarray | None:
@@ -221,73 +353,3 @@ def _indexable_mask(table: pa.Table) -> np.ndarray | None:
     keep = pc.and_(pc.is_in(table["item_kind"], value_set=pa.array(INDEXED_KINDS)),
                    pc.fill_null(pc.is_valid(table["doc_id"]), False))
     return None if pc.all(keep).as_py() else keep.to_numpy(zero_copy_only=False).astype(bool)
-
-
-@dataclass
-class RefreshResult:
-    index: VectorIndex
-    action: str  # built | added | unchanged
-    added: int = 0
-    removed: int = 0
-    reason: str = ""
-
-
-def refresh_vector_index(name: str, embeddings: pa.Table | Vectors, previous: VectorIndex | None, cfg: IndexConfig,
-                         source: dict | None = None) -> RefreshResult:
-    """Bring an index up to date with an embeddings table: add new vectors where the type allows.
-
-    A rebuild happens when there is no index yet, the space or dimension changed, vectors were
-    removed or changed, the planned type for the new size differs, or an IVF/PQ index grew past
-    `retrain_growth` times the count it was trained on.
-    """
-    vecs = embeddings if isinstance(embeddings, Vectors) else Vectors.from_table(embeddings)
-    rows, dim = vecs.items, vecs.dim
-    key_now = _item_keys(rows)
-    spaces = pc.unique(rows["space"]).to_pylist() if rows.num_rows else []
-    if len(spaces) > 1:
-        raise ValueError(f"embeddings for index '{name}' mix spaces {spaces}; one index holds one space")
-    space = spaces[0] if spaces else None
-    plan = plan_index(rows.num_rows, dim, cfg)
-
-    reason = ""
-    if previous is None:
-        reason = "no index yet"
-    elif previous.manifest.get("space") != space or previous.dim != dim:
-        reason = f"space or dimension changed ({previous.manifest.get('space')}/{previous.dim} -> {space}/{dim})"
-    else:
-        key_prev = _item_keys(previous.items)
-        removed = key_prev - key_now
-        if removed:
-            reason = f"{len(removed)} vectors removed or changed"
-        elif plan.type != previous.type:
-            reason = f"corpus size {rows.num_rows} now calls for {plan.type} instead of {previous.type}"
-        elif previous.type.startswith("ivf") and rows.num_rows > cfg.retrain_growth * previous.manifest["trained_count"]:
-            reason = f"{previous.type} trained on {previous.manifest['trained_count']} vectors, now {rows.num_rows}"
-        else:
-            new_mask = np.array([k not in key_prev for k in _item_key_list(rows)], bool)
-            if not new_mask.any():
-                return RefreshResult(previous, "unchanged")
-            new_rows = rows.filter(pa.array(new_mask))
-            previous.add(new_rows.select(ITEM_COLUMNS), vecs.take(np.flatnonzero(new_mask)))
-            previous.manifest.update(source=source, updated_at=str(now()),
-                                     added_since_build=previous.manifest.get("added_since_build", 0) + int(new_mask.sum()))
-            return RefreshResult(previous, "added", added=int(new_mask.sum()))
-
-    index = build_faiss(vecs, plan) if rows.num_rows else empty_faiss(dim)
-    manifest = {
-        "name": name, "space": space, "dim": dim, "metric": METRIC, "type": plan.type, "factory": plan.factory,
-        "params": plan.params, "estimated_mb": round(plan.est_mb, 3), "memory_budget_mb": cfg.memory_budget_mb,
-        "count": rows.num_rows, "trained_count": rows.num_rows, "added_since_build": 0,
-        "built_at": str(now()), "source": source, "faiss": faiss_version(),
-    }
-    vi = VectorIndex(name, index, rows.select(ITEM_COLUMNS), manifest)
-    manifest.update(docs=len(vi.docs), max_items_per_doc=vi.max_items_per_doc)
-    return RefreshResult(vi, "built", added=rows.num_rows, reason=reason)
-
-
-def _item_key_list(rows: pa.Table) -> list[tuple[str, str, str]]:
-    return list(zip(rows["item_kind"].to_pylist(), rows["item_id"].to_pylist(), rows["content_sha256"].to_pylist()))
-
-
-def _item_keys(rows: pa.Table) -> set[tuple[str, str, str]]:
-    return set(_item_key_list(rows))

@@ -22,28 +22,20 @@ def affected_queries(prev_state: pa.Table, prev_candidates: pa.Table, state_now:
     cutoff = dict(zip(prev_state["query_id"].to_pylist(), prev_state["dense_cutoff"].to_pylist()))
     changed = {q for q, h in state_now.items() if prev_hash.get(q) != h}
 
-    def keys(t: pa.Table) -> set:
-        return set(zip(t["item_kind"].to_pylist(), t["item_id"].to_pylist(), t["content_sha256"].to_pylist()))
-
-    now_keys, old_keys = keys(index.items), keys(prev_items)
-    added = now_keys - old_keys
-    removed = old_keys - now_keys
-    item_doc = dict(zip(zip(index.items["item_kind"].to_pylist(), index.items["item_id"].to_pylist(),
-                            index.items["content_sha256"].to_pylist()), index.items["doc_id"].to_pylist()))
-    old_doc = dict(zip(zip(prev_items["item_kind"].to_pylist(), prev_items["item_id"].to_pylist(),
-                           prev_items["content_sha256"].to_pylist()), prev_items["doc_id"].to_pylist()))
-    touched_docs = {item_doc[k] for k in added} | {old_doc[k] for k in removed}
-    lost_docs = {old_doc[k] for k in removed}
+    now_keys, old_keys = _keys(index.items), _keys(prev_items)
+    is_added = pc.invert(pc.is_in(now_keys, value_set=old_keys))
+    is_removed = pc.invert(pc.is_in(old_keys, value_set=now_keys))
+    added_rows = np.flatnonzero(is_added.to_numpy(zero_copy_only=False))
+    lost_docs = set(prev_items["doc_id"].filter(is_removed).to_pylist())
+    touched_docs = set(index.items["doc_id"].filter(is_added).to_pylist()) | lost_docs
     by_lost = set()
     if lost_docs:
         hit = pc.is_in(prev_candidates["doc_id"], value_set=pa.array(sorted(lost_docs), pa.string()))
         by_lost = set(prev_candidates.filter(hit)["query_id"].to_pylist())
     by_positive = {q for q, docs in positives.items() if touched_docs.intersection(docs)}
     by_score: set[str] = set()
-    if added:
-        rows = [i for i, k in enumerate(zip(index.items["item_kind"].to_pylist(), index.items["item_id"].to_pylist(),
-                                            index.items["content_sha256"].to_pylist())) if k in added]
-        new_vecs = index.index.reconstruct_batch(np.array(rows, np.int64))
+    if len(added_rows):
+        new_vecs = index.vectors(added_rows)
         qids = [q for q in state_now if q not in changed]
         for start in range(0, len(qids), 4096):
             chunk = qids[start:start + 4096]
@@ -52,4 +44,9 @@ def affected_queries(prev_state: pa.Table, prev_candidates: pa.Table, state_now:
     affected = changed | by_lost | by_positive | by_score
     return affected, {"new_or_changed_queries": len(changed), "by_removed_documents": len(by_lost),
                       "by_changed_positives": len(by_positive), "by_new_documents": len(by_score),
-                      "vectors_added": len(added), "vectors_removed": len(removed)}
+                      "vectors_added": len(added_rows), "vectors_removed": int(pc.sum(is_removed).as_py() or 0)}
+
+
+def _keys(items: pa.Table) -> pa.Array:
+    return pc.binary_join_element_wise(items["item_kind"], items["item_id"],
+                                       pc.fill_null(items["content_sha256"], ""), "\x1f")

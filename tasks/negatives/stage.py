@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas.config import NegativesConfig
-from tasks.index.store import IndexStore
+from tasks.index.store import input_index, input_lexical
 from tasks.negatives.inputs import load_inputs, resolve_doc_ids
 from tasks.negatives.mine import (expected_modalities, judge_lookup, mine, positives_by_query,
                                   query_state_hash)
@@ -41,6 +41,13 @@ class Negatives(Stage):
     @property
     def cfg(self) -> NegativesConfig:
         return self.config.negatives
+
+    def task(self):
+        return self.cfg.task
+
+    def task_size(self, inputs, units: pa.Table) -> int:
+        ref = inputs.ref(f"indexes/{self.cfg.index}")
+        return ref.row_count if ref is not None else 0
 
     def label(self) -> str | None:
         """The imported query set's name, or None for the pipeline's queries."""
@@ -70,11 +77,10 @@ class Negatives(Stage):
         neg_name, cand_name = self.outputs()
         if mi is None or units.num_rows == 0:
             return Assembled({}, [], notes={"skipped": "no queries (no `queries` dataset and no negatives.queries_file)"})
-        store = IndexStore(inputs.run.catalog, inputs.run.root)
         index_ref = inputs.ref(f"indexes/{cfg.index}")
-        index = store.load_vector(cfg.index, index_ref)
+        index = input_index(inputs, f"indexes/{cfg.index}")
         self._check_space(index)
-        lexical = store.load_lexical(inputs.ref("indexes/bm25")) if cfg.source != "dense" else None
+        lexical = input_lexical(inputs) if cfg.source != "dense" else None
         documents = inputs["documents"]
         judgments = inputs.concat("judgments/") if cfg.judge_filter.enabled else None
         if judgments is not None:
@@ -101,7 +107,7 @@ class Negatives(Stage):
                      for q in qids if pos_map.get(q)}
 
         lexical_version = inputs.ref("indexes/bm25").version if inputs.ref("indexes/bm25") else None
-        previous = self._previous(inputs, store, fp, plan, lexical_version)
+        previous = self._previous(inputs, fp, plan, lexical_version)
         mode, report_refresh, todo = "full", {}, qids
         if previous is not None:
             prev_neg, prev_cand, prev_state, prev_items = previous
@@ -123,6 +129,7 @@ class Negatives(Stage):
             state = pa.concat_tables([prev_state.filter(pc.is_in(prev_state["query_id"], value_set=keep)), state])
         cand_hash = content_hash("candidates", candidates)
         manifest = {"fingerprint": fp, "plan": plan.__dict__, "index": cfg.index, "index_version": index_ref.version,
+                    "index_path": index_ref.path, "index_table_version": index_ref.table_version,
                     "lexical_version": lexical_version, "candidates_hash": cand_hash}
         state_path = os.path.join(tempfile.mkdtemp(prefix="corpusforge-negatives-"), STATE_FILE)
         pq.write_table(state, state_path)
@@ -143,7 +150,7 @@ class Negatives(Stage):
                              f"{text_space(self.config.embed.text)}; mine with negatives.index set to an index "
                              "of the configured text encoder")
 
-    def _previous(self, inputs, store: IndexStore, fp: str, plan, lexical_version):
+    def _previous(self, inputs, fp: str, plan, lexical_version):
         """The previous negatives, candidates, per-query state and index id map, when reusable."""
         neg_name, cand_name = self.outputs()
         prev_ref, cand_ref = inputs.previous_ref(neg_name), inputs.previous_ref(cand_name)
@@ -162,7 +169,7 @@ class Negatives(Stage):
             return None  # the candidates were replaced since: their state no longer describes them
         if cfg.source != "dense" and manifest.get("lexical_version") != lexical_version:
             return None  # BM25 statistics shift with every document: lexical lists are all re-retrieved
-        prev_items = store.items_of(cfg.index, manifest["index_version"])
+        prev_items = _index_items(inputs.root, manifest)
         if prev_items is None:
             return None
         return inputs.previous(neg_name), prev_candidates, pq.read_table(state_path), prev_items
@@ -183,6 +190,20 @@ class Negatives(Stage):
         if TaskRunContext.get() is not None:
             create_markdown_artifact(key="negatives-report", markdown=report_markdown(r),
                                      description="Hard negative mining: what each policy removed, shortfalls")
+
+
+def _index_items(root, manifest: dict) -> pa.Table | None:
+    """The id map of the index version the previous negatives were mined against (None: gone)."""
+    from tasks.runtime import versions
+
+    if manifest.get("index_table_version") is None:
+        return None
+    try:
+        ds = versions.open_dataset(root.absolute(manifest["index_path"]), manifest["index_table_version"],
+                                   root.storage_options)
+        return ds.to_table()
+    except (ValueError, OSError, RuntimeError):
+        return None
 
 
 def _state_hash(state: pa.Table) -> str:

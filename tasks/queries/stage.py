@@ -124,11 +124,9 @@ class Queries(Stage):
 
 def text_index(inputs):
     """The text index the round-trip filter (and the judge's pools) search."""
-    if inputs.run is None:
-        return inputs.get("indexes/text")  # a VectorIndex handed in by a unit test
-    from tasks.index.store import IndexStore
+    from tasks.index.store import input_index
 
-    return IndexStore(inputs.run.catalog, inputs.run.root).load_vector("text", inputs.ref("indexes/text"))
+    return input_index(inputs, "indexes/text")
 
 
 def usable_queries(queries: pa.Table, answerability: pa.Table | None = None, *, judged_filter: bool = True) -> pa.Table:

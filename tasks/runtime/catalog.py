@@ -201,12 +201,14 @@ class Catalog:
     def record_stage(self, run_id: str, stage: str, *, fingerprint: str | None, started_at: datetime,
                      status: str, rows_in: int, rows_out: int, rows_quarantined: int,
                      rows_deduplicated: int, model_calls: int, cache_hits: int, seconds: float,
-                     message: str | None = None) -> None:
+                     message: str | None = None, peak_memory_mb: float | None = None) -> None:
         with self.connect() as con:
             con.execute(
-                "INSERT INTO stage_runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO stage_runs (run_id, stage, fingerprint, started_at, finished_at, status, rows_in, "
+                "rows_out, rows_quarantined, rows_deduplicated, model_calls, cache_hits, seconds, message, "
+                "peak_memory_mb) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [run_id, stage, fingerprint, started_at, now(), status, rows_in, rows_out,
-                 rows_quarantined, rows_deduplicated, model_calls, cache_hits, seconds, message],
+                 rows_quarantined, rows_deduplicated, model_calls, cache_hits, seconds, message, peak_memory_mb],
             )
 
     def add_quarantine(self, run_id: str | None, rows: pa.Table) -> None:

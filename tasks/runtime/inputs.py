@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from tasks.runtime.lifecycle import Run
 
 
+DETACH_BYTES = 16 << 20  # in-memory inputs up to this size travel with a detached copy
+
+
 @dataclass
 class Counters:
     """Model work done through shared services during one stage run (added to its stage_runs row)."""
@@ -31,10 +34,12 @@ class Inputs:
     def __init__(self, config: "BuildConfig", refs: dict[str, DatasetVersion] | None = None,
                  run: "Run | None" = None, tables: dict[str, pa.Table] | None = None,
                  previous: dict[str, DatasetVersion] | None = None, params: dict | None = None,
-                 cache_root=None):
+                 cache_root=None, root=None):
         self.config = config
         self.run = run
-        self.cache_root = cache_root if cache_root is not None else (run.root if run is not None else None)
+        self.root = root if root is not None else (run.root if run is not None else None)
+        self.cache_root = cache_root if cache_root is not None else self.root
+        self._metas: dict[tuple[str, int], dict] = {}
         self.refs: dict[str, DatasetVersion] = dict(refs or {})
         self._tables: dict[str, pa.Table] = dict(tables or {})
         self._previous = dict(previous or {})
@@ -59,12 +64,17 @@ class Inputs:
             raise KeyError(f"input dataset '{name}' is not available to this stage")
         return table
 
+    @property
+    def stored(self) -> bool:
+        """True when the inputs are dataset versions under a data root (not in-memory tables)."""
+        return self.root is not None and bool(self.refs or self._previous)
+
     def get(self, name: str) -> pa.Table | None:
         if name not in self._tables:
             ref = self.refs.get(name)
-            if ref is None or self.run is None:
+            if ref is None or self.root is None:
                 return None
-            self._tables[name] = self.run.read(ref.name, ref.version)
+            self._tables[name] = self.dataset(name).to_table()
         return self._tables[name]
 
     def ref(self, name: str) -> DatasetVersion | None:
@@ -74,12 +84,12 @@ class Inputs:
         """The Lance dataset of an input's version: scan it in batches, or hand it to DuckDB / Ray."""
         from tasks.runtime.publish import open_version
 
-        return open_version(self.run.root, self.refs[name])
+        return open_version(self.root, self.refs[name])
 
     def batches(self, name: str, columns: list[str] | None = None, filter: str | None = None,
                 batch_size: int = 65_536):
         """An input's rows in batches, never the whole table in memory (in-memory inputs: sliced)."""
-        if name in self._tables or self.run is None:
+        if name in self._tables or self.root is None or name not in self.refs:
             table = self.get(name)
             if table is None:
                 return
@@ -109,33 +119,48 @@ class Inputs:
         key = f"previous:{name}"
         if key not in self._tables:
             ref = self._previous.get(name)
-            if ref is None or self.run is None:
+            if ref is None or self.root is None:
                 return self._tables.get(key)
-            self._tables[key] = self.run.read(ref.name, ref.version)
+            self._tables[key] = self.previous_dataset(name).to_table()
         return self._tables[key]
 
     def previous_dataset(self, name: str):
         """The Lance dataset of the stage's own previous output (to diff against, streaming)."""
         from tasks.runtime.publish import open_version
 
-        return open_version(self.run.root, self._previous[name])
+        return open_version(self.root, self._previous[name])
 
     def attachment(self, ref: DatasetVersion, filename: str) -> str | None:
         """A local path to a file stored with a dataset version (downloaded when the root is remote)."""
-        if self.run is None:
+        from tasks.runtime.storage import local_copy
+
+        base = self.meta(ref).get("_attachments")
+        if not base or self.root is None:
             return None
-        return self.run.attachment(ref, filename)
+        return local_copy(self.root, self.root.path(base, filename))
 
     def meta(self, ref: DatasetVersion | None) -> dict:
-        if ref is None or self.run is None:
+        """What the catalog stores with a version (an index manifest, a stage's state)."""
+        if ref is None:
             return {}
-        return self.run.catalog.meta(ref.name, ref.version)
+        key = (ref.name, ref.version)
+        if key not in self._metas:
+            self._metas[key] = self.run.catalog.meta(ref.name, ref.version) if self.run is not None else {}
+        return self._metas[key]
+
+    def detached(self) -> "Inputs":
+        """A copy that needs no catalog (for a Ray task): the same refs over the data root, with
+        every version's catalog meta fetched now, and only the small in-memory tables."""
+        for ref in list(self.refs.values()) + list(self._previous.values()):
+            self.meta(ref)
+        other = Inputs(self.config, self.refs, None, previous=self._previous, params=self.params,
+                       root=self.root, cache_root=self.cache_root)
+        other._metas = dict(self._metas)
+        other._tables = {k: v for k, v in self._tables.items() if v.nbytes < DETACH_BYTES}
+        return other
 
     # -- environment ------------------------------------------------------------------------
     @property
     def corpus_root(self) -> Path:
         return self.config.corpus_root
 
-    @property
-    def root(self):
-        return self.run.root if self.run else None

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -39,7 +37,6 @@ class Run:
     summaries: list[dict] = field(default_factory=list)
     logger: logging.Logger | logging.LoggerAdapter = field(default_factory=lambda: logging.getLogger("corpusforge"))
     quiet: bool = False
-    _downloads: tempfile.TemporaryDirectory | None = None
 
     @classmethod
     def open(cls, config: BuildConfig, **kwargs) -> "Run":
@@ -55,20 +52,10 @@ class Run:
 
     def attachment(self, ref: DatasetVersion, filename: str) -> str | None:
         """A local path to a file stored with a dataset version, or None when it has none."""
+        from tasks.runtime.storage import local_copy
+
         base = self.catalog.meta(ref.name, ref.version).get("_attachments")
-        if not base:
-            return None
-        path = self.root.path(base, filename)
-        if not self.root.exists(path):
-            return None
-        if self.root.is_local:
-            return path
-        if self._downloads is None:
-            self._downloads = tempfile.TemporaryDirectory(prefix="corpusforge-")
-        local = os.path.join(self._downloads.name, f"{ref.name.replace('/', '__')}-v{ref.version}-{filename}")
-        if not os.path.exists(local):
-            self.root.download(path, local)
-        return local
+        return local_copy(self.root, self.root.path(base, filename)) if base else None
 
     @contextlib.contextmanager
     def progress(self, stage: str):
@@ -76,6 +63,16 @@ class Run:
 
         with Progress.for_stage(stage, quiet=self.quiet, logger=self.logger) as p:
             yield p
+
+
+def refuse_old_catalog(catalog) -> None:
+    """A catalog whose current versions are single Parquet files (before sharded versions) is not
+    migrated in place: its stages would re-read whole copies. Refuse with the way out."""
+    from tasks.runtime.publish import OldCatalog
+
+    old = [ref for ref in catalog.current_all().values() if ref.table_version is None]
+    if old:
+        raise OldCatalog(sorted(old, key=lambda r: r.name)[0], count=len(old), catalog=catalog.path)
 
 
 @contextlib.contextmanager
@@ -88,6 +85,7 @@ def open_run(config: BuildConfig, flow: str, *, params: dict | None = None, hold
     described = params if params is not None else config.model_dump(mode="json")
     with run.catalog.run_lock(config.flow.lock_timeout_s, holder=holder or f"{flow} of '{config.name}'"):
         run.catalog.mark_abandoned_runs()
+        refuse_old_catalog(run.catalog)
         run.run_id = run.catalog.start_run(flow, config.name, fingerprint(described), canonical_json(described),
                                            prefect_flow_run_id=prefect_flow_run_id)
         try:
@@ -97,6 +95,3 @@ def open_run(config: BuildConfig, flow: str, *, params: dict | None = None, hold
             raise
         else:
             run.catalog.finish_run(run.run_id, "completed")
-        finally:
-            if run._downloads is not None:
-                run._downloads.cleanup()

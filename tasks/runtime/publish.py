@@ -3,7 +3,8 @@
 1. diff the new content against the current version by natural key and row hash, in DuckDB
    out of core: only new or changed rows are staged as fragments, removed or changed rows get
    deletion files (`replace`); an `upsert` replaces only the keys it brings; a `delta` is
-   appended as it is, with the deletions its stage computed;
+   appended as it is, with the deletions its stage computed; an `overwrite` (a rebuilt index)
+   becomes the whole new version without a diff;
 2. validate: row-level expectations on each new shard (on every kept shard too when the suite
    changed), and dataset-wide checks (key uniqueness) in DuckDB over the would-be version;
 3. commit the Lance version (one transaction: new fragments + deletion files);
@@ -83,12 +84,13 @@ def publish(catalog: Catalog, root: DataRoot, name: str, output: Output | pa.Tab
         if cur_ds is not None and cur_ds.schema.remove_metadata() != schema.remove_metadata():
             cur_ds = None  # the contract changed (a new embedding dimension): a fresh version, not a diff
         mode = out.mode if cur_ds is not None else "replace"
-        deleted = _plan(con, name, schema, cur_ds, mode, out)
+        overwrite = cur_ds is None or mode == "overwrite"
+        deleted = _plan(con, name, schema, None if mode == "overwrite" else cur_ds, mode, out)
         suite_fp = suite_fingerprint(name, extra_expectations)
         identity = json_dumps(out.identity) if out.identity else None
         prev_meta = catalog.meta(current.name, current.version) if current is not None else {}
         added = con.execute("SELECT count(*) FROM added").fetchall()[0][0]
-        same_rows = cur_ds is not None and not added and not deleted
+        same_rows = not overwrite and not added and not deleted
         if same_rows and prev_meta.get("_identity") == identity and prev_meta.get("_suite") == suite_fp:
             log.info("%s unchanged (%d rows); keeping %s", name, current.row_count, current.ref)
             return PublishResult(current, False, {"success": True, "skipped": "unchanged"})
@@ -96,8 +98,8 @@ def publish(catalog: Catalog, root: DataRoot, name: str, output: Output | pa.Tab
         if deleted:
             changes.updated, changes.removed, changes.rows_deleted = versions.delete_rows(cur_ds, deleted)
         uri = root.lance_uri(name)
-        reports = _stage_added(con, name, schema, uri, root, changes, extra_expectations, fresh=cur_ds is None)
-        if cur_ds is not None and prev_meta.get("_suite") != suite_fp:
+        reports = _stage_added(con, name, schema, uri, root, changes, extra_expectations, fresh=overwrite)
+        if not overwrite and prev_meta.get("_suite") != suite_fp:
             reports += [validate(name, pa.Table.from_batches([b]), extra_expectations) for b in _kept(cur_ds, changes)]
         report = _merge_reports(name, reports)
         if not report.success:
@@ -106,7 +108,7 @@ def publish(catalog: Catalog, root: DataRoot, name: str, output: Output | pa.Tab
         con.close()
     if cur_ds is None or not same_rows:
         table_version = versions.commit(uri, changes, schema, current.table_version if current else None,
-                                        root.storage_options, overwrite=cur_ds is None)
+                                        root.storage_options, overwrite=overwrite)
     else:
         table_version = current.table_version
     return _record(catalog, root, name, uri, table_version, schema, out, identity, suite_fp, report, parents,
@@ -293,8 +295,11 @@ def _upload(root: DataRoot, name: str, attachments: dict[str, str]) -> str | Non
     if not attachments:
         return None
     base = root.path("_attachments", name.replace("/", "__"), uuid.uuid4().hex)
-    for filename, local in attachments.items():
-        root.upload(local, posixpath.join(base, filename))
+    for filename, src in attachments.items():
+        if root.relative(src) != src:  # staged under the root by a Ray task: moved, not copied
+            root.move(src, posixpath.join(base, filename))
+        else:
+            root.upload(src, posixpath.join(base, filename))
     return root.relative(base)
 
 
@@ -323,8 +328,12 @@ def read_version(root: DataRoot, ref: DatasetVersion, columns: list[str] | None 
 
 
 class OldCatalog(RuntimeError):
-    def __init__(self, ref: DatasetVersion):
+    """A catalog made before sharded versions: refused, with how to rebuild."""
+
+    def __init__(self, ref: DatasetVersion, count: int = 1, catalog: str | None = None):
+        where = f"catalog {catalog}: " if catalog else ""
+        others = f" (and {count - 1} more)" if count > 1 else ""
         super().__init__(
-            f"dataset {ref.ref} was written by an earlier corpusforge (one Parquet file per version, before "
-            "sharded versions); this version cannot read it. Rebuild: move the workdir aside (or set a new "
-            "`workdir`/`catalog` in the config) and run `corpusforge build --config FILE`.")
+            f"{where}dataset {ref.ref}{others} was written by an earlier corpusforge (one Parquet file per "
+            "version, before sharded versions); this version cannot read it. Rebuild: move the workdir aside "
+            "(or set a new `workdir`/`catalog` in the config) and run `corpusforge build --config FILE`.")

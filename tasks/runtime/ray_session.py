@@ -32,14 +32,34 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
                   configure_logging=False)
     if address:
         log.info("joining Ray cluster at %s", address)
+        _reachable(address)
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=_local_gpus(), **kwargs)
+        # local Ray binds its GCS, raylet and object manager to loopback: nothing listens outside
+        ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=_local_gpus(),
+                 _node_ip_address=os.environ.get("CORPUSFORGE_RAY_NODE_IP", "127.0.0.1"), **kwargs)
     try:
         _quiet_ray_data()
         yield
     finally:
         ray.shutdown()
+
+
+def _reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Ray retries an unreachable GCS for minutes; a host:port that refuses within seconds fails now."""
+    import socket
+
+    if address in ("auto", "local") or "://" in address and not address.startswith("ray://"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ResourceUnavailable(
+            f"no Ray cluster answers at RAY_ADDRESS={address} ({e}). Start one (`ray start --head "
+            "--node-ip-address 127.0.0.1`) or unset RAY_ADDRESS to run on local Ray.") from None
 
 
 def _local_gpus() -> int:

@@ -51,6 +51,7 @@ class Outcome:
     model_calls: int
     cache_hits: int
     notes: dict = field(default_factory=dict)
+    memory: dict | None = None  # where the outputs were built, and the peak memory there
     staging: "Staging | None" = None  # a streaming stage's staged parts, removed after the publish
 
     @property
@@ -181,8 +182,17 @@ def execute(stage: Stage, inputs: Inputs, cache: WorkCache | None = None, progre
     ok = table
     if wr.failed:
         ok = table.filter(pc.invert(pc.is_in(table[KEY], value_set=pa.array(sorted(wr.failed), pa.string()))))
-    assembled = stage.assemble(inputs, ok, wr.results)
-    return account(stage, units, wr, assembled, inputs)
+    from tasks.runtime import placement
+
+    staging = staging or _scratch_staging(stage, inputs)
+    assembled = placement.assemble(stage, inputs, ok, wr.results, staging)
+    outcome = account(stage, units, wr, assembled, inputs)
+    outcome.staging = staging
+    return outcome
+
+
+def _scratch_staging(stage: Stage, inputs: Inputs) -> "Staging | None":
+    return Staging(inputs.root, stage.name) if inputs.root is not None else None
 
 
 class Staging:
@@ -335,7 +345,7 @@ def account(stage: Stage, units: Units, wr: WorkResult, assembled: Assembled, in
     service_hits = inputs.counters.cache_hits if counters else 0
     return Outcome(stage.name, tables, pa.Table.from_pylist(q_rows, schema=QUARANTINE), rows_in, rows_out, rows_dedup,
                    wr.model_calls + assembled.model_calls + service_calls,
-                   wr.cache_hits + assembled.cache_hits + service_hits, assembled.notes)
+                   wr.cache_hits + assembled.cache_hits + service_hits, assembled.notes, assembled.memory)
 
 
 def _payload(p) -> str | None:

@@ -124,7 +124,8 @@ class Output:
     identity: dict | None = None  # what besides the rows makes two versions differ (an index's type)
     parts: list[str] = field(default_factory=list)  # staged Parquet parts (a streamed output)
     mode: str = "replace"  # replace: the rows are the new content; upsert: they replace rows of the same
-    # key; delta: they are appended and `deleted` (row addresses of the current version) are removed
+    # key; delta: they are appended and `deleted` (row addresses of the current version) are removed;
+    # overwrite: the rows are the new content, written whole without a diff (a rebuild)
     upsert_keys: list[str] | None = None
     deleted: list[int] = field(default_factory=list)
 
@@ -144,6 +145,7 @@ class Assembled:
     model_calls: int = 0  # model work done inside assemble (tree summaries)
     cache_hits: int = 0
     notes: dict = field(default_factory=dict)
+    memory: dict | None = None  # where assemble ran and its peak memory (set by the runner)
 
 
 class Stage:
@@ -201,6 +203,15 @@ class Stage:
     def resources(self) -> Resources | None:
         work = self.work()
         return work.resources if work else None
+
+    def task(self):
+        """Task resources (schemas.config.TaskConfig) when assemble may run as a Ray task of its own
+        (it holds a whole corpus: an index, a tree); None keeps it in the flow process."""
+        return None
+
+    def task_size(self, inputs: "Inputs", units: pa.Table) -> int:
+        """How large this run's build is, against the task's `local_below` (default: the units)."""
+        return units.num_rows
 
     # -- the three steps ----------------------------------------------------------------------
     def units(self, inputs: "Inputs") -> Units:

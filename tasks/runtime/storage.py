@@ -53,6 +53,9 @@ class DataRoot:
         self.storage_options = storage_options_for(self.uri)
         self.fs.create_dir(self.base, recursive=True)
 
+    def __reduce__(self):  # a worker rebuilds the filesystem from the URI (and its own environment)
+        return (DataRoot, (self.uri,))
+
     @property
     def is_local(self) -> bool:
         return isinstance(self.fs, pafs.LocalFileSystem)
@@ -122,6 +125,52 @@ class DataRoot:
         if not self.exists(target):
             return 0
         return sum(i.size or 0 for i in self.fs.get_file_info(pafs.FileSelector(target, recursive=True)) if i.is_file)
+
+
+def local_copy(root: DataRoot, path: str) -> str | None:
+    """A local path for a file under the root: itself when the root is local, else a download into
+    this process's scratch folder (once per file). None when the file does not exist."""
+    if not root.exists(path):
+        return None
+    if root.is_local:
+        return path
+    local = os.path.join(_scratch(), hashlib_short(path) + "-" + posixpath.basename(path))
+    if not os.path.exists(local):
+        root.download(path, local + ".part")
+        os.replace(local + ".part", local)
+    return local
+
+
+def local_dir_copy(root: DataRoot, path: str) -> str:
+    """A local folder with the files under a root folder (itself when the root is local)."""
+    if root.is_local:
+        return path
+    folder = os.path.join(_scratch(), "dir-" + hashlib_short(path))
+    os.makedirs(folder, exist_ok=True)
+    for f in root.list_files(path, suffix=""):
+        target = os.path.join(folder, posixpath.relpath(f, path))
+        if not os.path.exists(target):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            root.download(f, target)
+    return folder
+
+
+def hashlib_short(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _scratch() -> str:
+    global _SCRATCH
+    if _SCRATCH is None:
+        import tempfile
+
+        _SCRATCH = tempfile.TemporaryDirectory(prefix="corpusforge-downloads-")
+    return _SCRATCH.name
+
+
+_SCRATCH = None
 
 
 def _local_uri(path: str) -> str:

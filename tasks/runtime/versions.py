@@ -41,6 +41,10 @@ class Changes:
 
 
 def lance():
+    import warnings
+
+    # fork + exec (Ray starting its processes) is safe; the warning is about forked Lance calls
+    warnings.filterwarnings("ignore", message="lance is not fork-safe")
     import lance as _lance  # lazy: a heavy import that commands without data never need
 
     return _lance

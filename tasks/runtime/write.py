@@ -42,10 +42,12 @@ def commit(run: "Run", stage: "Stage", outcome: "Outcome", *, parents: list[Data
         raise
     finally:
         seconds = time.perf_counter() - started
-        _record(run, stage.name, fp, started_at, status, outcome.counts(), seconds, message)
+        peak = (outcome.memory or {}).get("peak_mb")
+        _record(run, stage.name, fp, started_at, status, outcome.counts(), seconds, message, peak)
         run.summaries.append(outcome.counts() | {
             "seconds": round(seconds, 3), "status": status,
-            "published": {n: (r.dataset.ref, r.published) for n, r in results.items()}, "notes": outcome.notes})
+            "published": {n: (r.dataset.ref, r.published) for n, r in results.items()}, "notes": outcome.notes,
+            "memory": outcome.memory})
     for name, r in results.items():
         run.logger.info("%s: %s %s (%d rows)", stage.name, "published" if r.published else "unchanged",
                         r.dataset.ref, r.dataset.row_count)
@@ -67,12 +69,12 @@ def record_failure(run: "Run", stage: "Stage", error: BaseException, *, started_
 
 
 def _record(run: "Run", stage: str, fp: str | None, started_at: datetime, status: str, counts: dict,
-            seconds: float, message: str | None) -> None:
+            seconds: float, message: str | None, peak_memory_mb: float | None = None) -> None:
     run.catalog.record_stage(
         run.run_id, stage, fingerprint=fp, started_at=started_at, status=status, rows_in=counts["rows_in"],
         rows_out=counts["rows_out"], rows_quarantined=counts["rows_quarantined"],
         rows_deduplicated=counts["rows_deduplicated"], model_calls=counts["model_calls"],
-        cache_hits=counts["cache_hits"], seconds=seconds, message=message)
+        cache_hits=counts["cache_hits"], seconds=seconds, message=message, peak_memory_mb=peak_memory_mb)
 
 
 def seed(catalog, root, name: str, table, parents=()) -> DatasetVersion:
