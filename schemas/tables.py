@@ -153,6 +153,46 @@ QUERY_ANSWERABILITY = pa.schema(
     ]
 )
 
+MODELS = pa.schema(
+    [
+        pa.field("model_id", pa.string(), nullable=False),  # the folder name: <corpus>-<variant>-<weights sha>
+        pa.field("variant", pa.string(), nullable=False),  # the training data it saw (export, in_batch, mined, ...)
+        pa.field("base_model", pa.string(), nullable=False),  # model@revision it was fine-tuned from
+        pa.field("path", pa.string(), nullable=False),  # the saved sentence-transformers folder (with its card)
+        pa.field("weights_sha256", pa.string(), nullable=False),
+        pa.field("export_path", pa.string()),  # the training export it read
+        pa.field("negatives", pa.string()),  # the negatives dataset version behind that export
+        pa.field("hard_negatives", pa.int32(), nullable=False),  # negative columns per row; 0 = in-batch only
+        pa.field("train_pairs", pa.int64(), nullable=False),  # training rows seen
+        pa.field("train_steps", pa.int32(), nullable=False),
+        pa.field("batch_size", pa.int32(), nullable=False),
+        pa.field("train_s", pa.float64()),
+        pa.field("loss", pa.float64()),  # mean training loss
+        pa.field("run_id", pa.string()),
+    ]
+)
+
+EVALUATIONS = pa.schema(
+    [
+        pa.field("eval_set", pa.string(), nullable=False),  # the label set used as qrels (judgments/<name>)
+        pa.field("variant", pa.string(), nullable=False),  # base, or the training data of the tuned model
+        pa.field("role", pa.string(), nullable=False),  # base | tuned
+        pa.field("model", pa.string(), nullable=False),  # base model@revision, or the tuned model's path
+        pa.field("model_id", pa.string()),  # models.model_id of a tuned model
+        pa.field("queries", pa.int32(), nullable=False),  # queries evaluated
+        pa.field("relevance_level", pa.int8(), nullable=False),  # binary measures count grade >= this
+        pa.field("ndcg_10", pa.float64(), nullable=False),  # nDCG@10, graded gains (ir_measures)
+        pa.field("recall_100", pa.float64(), nullable=False),  # R@100 at the relevance level
+        pa.field("mrr_10", pa.float64(), nullable=False),  # RR@10 at the relevance level, mean over queries
+        pa.field("ndcg_10_gain", pa.float64()),  # tuned - base on the same queries; NULL for the base row
+        pa.field("ndcg_10_p", pa.float64()),  # paired t-test of per-query nDCG@10 against the base
+        pa.field("train_pairs", pa.int64()),
+        pa.field("export_path", pa.string()),
+        pa.field("per_query", pa.string()),  # JSON {query_id: {measure: value}}
+        pa.field("run_id", pa.string()),
+    ]
+)
+
 QUARANTINE = pa.schema(
     [
         pa.field("stage", pa.string(), nullable=False),
@@ -172,6 +212,8 @@ TABLES: dict[str, pa.Schema] = {
     "tree_nodes": TREE_NODES,
     "indexes": INDEX_ITEMS,
     "query_answerability": QUERY_ANSWERABILITY,
+    "models": MODELS,
+    "evaluations": EVALUATIONS,
 }
 
 
@@ -187,6 +229,8 @@ KEYS: dict[str, list[str]] = {
     "tree_nodes": ["tree_id", "node_id"],
     "indexes": ["position"],
     "query_answerability": ["query_id"],
+    "models": ["model_id"],
+    "evaluations": ["eval_set", "variant"],
 }
 
 

@@ -69,7 +69,9 @@ def test_sentence_transformers_export_trains_minilm(mined, tmp_path, minilm):
     files = sorted(str(p) for p in (res.path / "data").glob("*.parquet"))
     ds = load_dataset("parquet", data_files=files, split="train")
     assert ds.column_names == ["anchor", "positive", "negative_1", "negative_2", "negative_3"]
-    assert len(ds) == res.card["counts"]["rows"] == queries.num_rows  # one positive per query, none short
+    # one positive per query, none short; the dev split holds the rest out of training
+    assert len(ds) == res.card["counts"]["rows"] == queries.num_rows - res.card["counts"]["dev_queries"]
+    assert res.card["counts"]["dev_queries"] == int(queries.num_rows * ExportConfig().dev_fraction) > 0
     texts = texts_of(documents, captions)
     qtext = dict(zip(queries["query_id"].to_pylist(), queries["text"].to_pylist()))
     pos_of = dict(zip(queries["text"].to_pylist(), queries["doc_id"].to_pylist()))
@@ -110,8 +112,10 @@ def test_sentence_transformers_export_trains_minilm(mined, tmp_path, minilm):
     # [positive, negative_1, negative_2]; negatives in rank order (without a margin they may beat the positive)
     assert all(len(s) == 3 and s[1] >= s[2] for s in t["scores"].to_pylist())
     neg = ctx.read("negatives")
+    dev = set(pq.read_table(scored.path / "dev" / "queries.parquet")["_id"].to_pylist())
+    pos_score = dict(zip(neg["query_id"].to_pylist(), neg["pos_score"].to_pylist()))
     assert sorted(s[0] for s in t["scores"].to_pylist()) == pytest.approx(sorted(
-        dict(zip(neg["query_id"].to_pylist(), neg["pos_score"].to_pylist())).values()))
+        v for q, v in pos_score.items() if q not in dev))
     assert scored.path.name == "sample-sentence-transformers-v2"
 
 
@@ -215,3 +219,46 @@ def test_cli_export_flow_and_search_index(mined, tmp_path, prefect_harness, caps
     assert main(["search-index", "--catalog", ctx.config.catalog_path, "pizza", "--retriever", "bm25",
                  "--format", "json"]) == 0
     assert all("pizza" in h["snippet"].lower() for h in json.loads(capsys.readouterr().out))
+
+
+def test_sentence_transformers_dev_split_trains_with_the_trainer_and_runs_the_evaluator(mined, tmp_path,
+                                                                                       tiny_sentence_model):
+    """The export's train split through SentenceTransformerTrainer (MNRL) for a few steps, then its
+    dev split (held-out queries, the whole corpus, their positives) through InformationRetrievalEvaluator."""
+    from datasets import load_dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.evaluation import InformationRetrievalEvaluator
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+
+    from tasks.export.formats import read_dev_split
+
+    ctx, documents, captions, queries = mined
+    res = export(ctx, "sentence-transformers", tmp_path, ExportConfig(dev_fraction=0.25), name="sample")
+    counts = res.card["counts"]
+    assert counts["dev_queries"] == 6 and counts["rows"] == queries.num_rows - 6
+    assert {"dev/queries.parquet", "dev/corpus.parquet", "dev/qrels.parquet"} <= set(counts["files"])
+    dev_q, corpus, relevant = read_dev_split(res.path)
+    texts = texts_of(documents, captions)
+    assert corpus == texts and counts["dev_corpus"] == len(texts)  # every document with text
+    qtext = dict(zip(queries["query_id"].to_pylist(), queries["text"].to_pylist()))
+    source = dict(zip(queries["query_id"].to_pylist(), queries["doc_id"].to_pylist()))
+    assert all(dev_q[q] == qtext[q] and relevant[q] == {source[q]} for q in dev_q) and set(relevant) == set(dev_q)
+    train = load_dataset("parquet", data_files=str(res.path / "data" / "train-00000-of-00001.parquet"), split="train")
+    assert not set(train["anchor"]) & set(dev_q.values())  # held-out queries are never trained on
+
+    model = SentenceTransformer(tiny_sentence_model, device="cpu")
+    before = model[0].auto_model.embeddings.word_embeddings.weight.detach().clone()
+    args = SentenceTransformerTrainingArguments(output_dir=str(tmp_path / "run"), max_steps=3,
+                                                per_device_train_batch_size=4, learning_rate=1e-3,
+                                                report_to="none", save_strategy="no", use_cpu=True,
+                                                disable_tqdm=True)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train,
+                                         loss=MultipleNegativesRankingLoss(model))
+    out = trainer.train()
+    assert out.global_step == 3 and np.isfinite(out.training_loss)
+    assert not np.allclose(before.numpy(), model[0].auto_model.embeddings.word_embeddings.weight.detach().numpy())
+    evaluator = InformationRetrievalEvaluator(dev_q, corpus, relevant, name="dev", precision_recall_at_k=[10, 100],
+                                              show_progress_bar=False)
+    metrics = evaluator(model)
+    assert 0 <= metrics["dev_cosine_ndcg@10"] <= 1 and 0 <= metrics["dev_cosine_recall@10"] <= 1
+    assert metrics["dev_cosine_recall@100"] == 1.0  # the corpus has fewer than 100 documents

@@ -3,7 +3,8 @@ wrote and why it left any out, so the export stage accounts for every unit.
 
 - flagembedding: JSONL rows {query, pos, neg, pos_scores, neg_scores, prompt, type} (one per query);
 - sentence-transformers: Parquet with anchor, positive, negative_1..n (+ optional `scores`), one
-  row per (query, positive), loadable with `datasets.load_dataset("parquet", data_files=...)`;
+  row per (query, positive), loadable with `datasets.load_dataset("parquet", data_files=...)`, and a
+  dev split of held-out queries (queries, corpus, qrels) for InformationRetrievalEvaluator;
 - mbeir: M-BEIR-style queries JSONL plus a candidate pool and images;
 - trec: qrels per judge (and the mined positives) and runs per retriever;
 - parquet: every current dataset of the catalog.
@@ -94,16 +95,23 @@ def st_tuples(negatives: pa.Table, texts: dict[str, str]) -> dict[tuple[str, str
 def write_sentence_transformers(tuples: dict[tuple[str, str], list], texts: dict[str, str], out: Path,
                                 cfg: ExportConfig, query_text: dict[str, str]) -> Written:
     """(anchor, positive, negative_1..n) rows, one per (query, positive); a tuple short of n
-    negatives with text is left out with the reason, as sentence-transformers' n-tuple format does."""
+    negatives with text is left out with the reason, as sentence-transformers' n-tuple format does.
+    A seeded share of the queries is held out as the dev split (`dev_split`), never trained on."""
     counts = [len(v[1]) for v in tuples.values()]
     n = cfg.num_negatives or (max(set(counts), key=counts.count) if counts else 1)
     cols: dict[str, list] = {"anchor": [], "positive": [], **{f"negative_{i}": [] for i in range(1, n + 1)}}
     scores: list[list[float | None]] = []
     w = Written({})
+    dev = dev_queries(sorted({q for q, _ in tuples if query_text.get(q)}), cfg)
+    dev_pairs: list[tuple[str, str]] = []
     for (q, p), (ps, negs) in tuples.items():
         uid = f"{q}/{p}"
         if not query_text.get(q) or not texts.get(p):
             w.skipped.append({"key": uid, "reason": "the query or its positive has no text"})
+            continue
+        if q in dev:
+            dev_pairs.append((q, p))
+            w.written.append(uid)
             continue
         if len(negs) < n:
             w.skipped.append({"key": uid, "reason": f"only {len(negs)} negatives with text, {n} asked "
@@ -120,9 +128,52 @@ def write_sentence_transformers(tuples: dict[tuple[str, str], list], texts: dict
         table = table.append_column("scores", pa.array(scores, pa.list_(pa.float32())))
     (out / "data").mkdir()
     pq.write_table(table, out / "data" / "train-00000-of-00001.parquet")
+    files = ["data/train-00000-of-00001.parquet"]
+    if dev_pairs:
+        files += write_dev_split(dev_pairs, texts, query_text, out)
     w.counts = {"rows": table.num_rows, "num_negatives": n, "rows_dropped_short": len(w.skipped),
-                "columns": table.column_names, "files": ["data/train-00000-of-00001.parquet"]}
+                "columns": table.column_names, "dev_queries": len({q for q, _ in dev_pairs}),
+                "dev_relevant": len(dev_pairs), "dev_corpus": len(texts) if dev_pairs else 0, "files": files}
     return w
+
+
+def dev_queries(query_ids: list[str], cfg: ExportConfig) -> set[str]:
+    """The held-out queries: a share of them chosen by a hash of the id, so a refresh that adds
+    queries keeps the earlier dev queries out of training."""
+    import hashlib
+
+    size = min(cfg.dev_max_queries, int(len(query_ids) * cfg.dev_fraction))
+    return set(sorted(query_ids, key=lambda q: hashlib.sha256(q.encode()).hexdigest())[:size])
+
+
+def write_dev_split(pairs: list[tuple[str, str]], texts: dict[str, str], query_text: dict[str, str],
+                    out: Path) -> list[str]:
+    """The dev split in the layout of the NanoBEIR / BEIR datasets on the Hub: `queries` and `corpus`
+    (`_id`, `text`) and `qrels` (`query-id`, `corpus-id`, `score`). The corpus is every document with
+    text, so InformationRetrievalEvaluator ranks the whole corpus, as retrieval will."""
+    (out / "dev").mkdir()
+    qids = sorted({q for q, _ in pairs})
+    docs = sorted(texts)
+    pq.write_table(pa.table({"_id": qids, "text": [query_text[q] for q in qids]}), out / "dev" / "queries.parquet")
+    pq.write_table(pa.table({"_id": docs, "text": [texts[d] for d in docs]}), out / "dev" / "corpus.parquet")
+    pairs = sorted(pairs)
+    pq.write_table(pa.table({"query-id": [q for q, _ in pairs], "corpus-id": [p for _, p in pairs],
+                             "score": pa.array([1] * len(pairs), pa.int32())}), out / "dev" / "qrels.parquet")
+    return ["dev/queries.parquet", "dev/corpus.parquet", "dev/qrels.parquet"]
+
+
+def read_dev_split(folder: str | Path) -> tuple[dict[str, str], dict[str, str], dict[str, set[str]]]:
+    """(queries, corpus, relevant_docs) of an export's dev split, as InformationRetrievalEvaluator takes them."""
+    from datasets import load_dataset
+
+    folder = Path(folder) / "dev"
+    split = {n: load_dataset("parquet", data_files=str(folder / f"{n}.parquet"), split="train")
+             for n in ("queries", "corpus", "qrels")}
+    relevant: dict[str, set[str]] = {}
+    for q, d in zip(split["qrels"]["query-id"], split["qrels"]["corpus-id"]):
+        relevant.setdefault(q, set()).add(d)
+    return (dict(zip(split["queries"]["_id"], split["queries"]["text"])),
+            dict(zip(split["corpus"]["_id"], split["corpus"]["text"])), relevant)
 
 
 def write_mbeir(groups: list[Grouped], documents: pa.Table, texts: dict[str, str], out: Path, cfg: ExportConfig,
