@@ -12,7 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-COMMAND_MODULES: list[str] = ["flows.cli_judgments", "flows.cli_tree", "flows.cli_mining", "flows.cli_generation"]
+COMMAND_MODULES: list[str] = ["flows.cli_judgments", "flows.cli_tree", "flows.cli_mining", "flows.cli_generation",
+                              "flows.cli_train"]
 
 DEFAULT_CATALOG = ".corpusforge/catalog.duckdb"
 

@@ -153,6 +153,15 @@ QUERY_ANSWERABILITY = pa.schema(
     ]
 )
 
+JUDGE_MODELS = pa.schema(
+    [  # the training labels of a trained judge; the model itself is stored with the version
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("judge", pa.string(), nullable=False),  # the label set it learnt from
+        pa.field("grade", pa.int8(), nullable=False),
+    ]
+)
+
 QUARANTINE = pa.schema(
     [
         pa.field("stage", pa.string(), nullable=False),
@@ -172,6 +181,7 @@ TABLES: dict[str, pa.Schema] = {
     "tree_nodes": TREE_NODES,
     "indexes": INDEX_ITEMS,
     "query_answerability": QUERY_ANSWERABILITY,
+    "judge_models": JUDGE_MODELS,
 }
 
 
@@ -187,6 +197,7 @@ KEYS: dict[str, list[str]] = {
     "tree_nodes": ["tree_id", "node_id"],
     "indexes": ["position"],
     "query_answerability": ["query_id"],
+    "judge_models": ["judge", "query_id", "doc_id"],
 }
 
 
