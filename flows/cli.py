@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 COMMAND_MODULES: list[str] = ["flows.cli_judgments", "flows.cli_tree", "flows.cli_mining", "flows.cli_generation",
-                              "flows.cli_evaluate"]
+                              "flows.cli_evaluate", "flows.cli_train"]
 
 DEFAULT_CATALOG = ".corpusforge/catalog.duckdb"
 

@@ -6,7 +6,8 @@
     corpusforge import-run FILES_OR_DIRS...
     corpusforge export-run --tag TAG OUT
     corpusforge rank-correlation --reference JUDGE --judges JUDGE... [--runs TAG...] [--measure nDCG@10]
-    corpusforge judge --pairs QRELS_OR_RUN_OR_PARQUET --queries TOPICS --docs PASSAGES [--backend offline|hf|openai]
+    corpusforge judge --pairs QRELS_OR_RUN_OR_PARQUET --queries TOPICS --docs PASSAGES [--backend offline|hf|openai|cross_encoder]
+    corpusforge judge --config FILE [--pool queries|imported|mining]
 """
 from __future__ import annotations
 
@@ -96,13 +97,21 @@ def cmd_import_qrels(args) -> int:
 def cmd_export_qrels(args) -> int:
     from tasks.judge import analysis, trec_io
 
-    _, cat, _ = _catalog(args)
+    _, cat, root = _catalog(args)
     try:
-        n = trec_io.write_qrels(analysis.qrels_of(cat, args.judge), args.out)
+        n = trec_io.write_qrels(analysis.qrels_of(cat, args.judge), args.out, doc_names=_source_names(cat, root))
     except KeyError as e:
         raise SystemExit(str(e).strip("'\"")) from None
     print(f"wrote {n} qrels lines for {args.judge} to {args.out}")
     return 0
+
+
+def _source_names(cat, root) -> dict[str, str]:
+    """doc_id -> source id of the catalog's documents (exports name documents the way users do)."""
+    from tasks.judge.trec_io import source_names
+    from tasks.runtime.publish import read
+
+    return source_names(read(cat, root, "documents")) if cat.current("documents") is not None else {}
 
 
 def cmd_import_run(args) -> int:
@@ -124,7 +133,8 @@ def cmd_export_run(args) -> int:
         t = analysis.runs_table(cat, root, [args.tag])
     except KeyError as e:
         raise SystemExit(str(e).strip("'\"")) from None
-    n = trec_io.write_run(t.rename_columns(["query_id", "doc_id", "rank", "score", "tag"]), args.out)
+    n = trec_io.write_run(t.rename_columns(["query_id", "doc_id", "rank", "score", "tag"]), args.out,
+                          doc_names=_source_names(cat, root))
     print(f"wrote {n} run lines for {args.tag} to {args.out}")
     return 0
 
@@ -152,14 +162,34 @@ def cmd_judge(args) -> int:
     if args.pairs and not (args.queries and args.docs):
         raise SystemExit("--pairs needs --queries (topics: qid<TAB>text) and --docs (passages JSONL or Parquet)")
     if not args.pairs and not args.config:
-        raise SystemExit("judge what? give --pairs/--queries/--docs, or --config to judge a corpus's queries")
+        raise SystemExit("judge what? give --pairs/--queries/--docs, or --config to judge a corpus's queries "
+                         "(--pool queries|imported|mining)")
+    if args.pairs and args.pool:
+        raise SystemExit("--pool judges a pool of the catalog; it does not go with --pairs")
     from flows.judge import judge_flow
 
     result = judge_flow(pairs=args.pairs, queries=args.queries, docs=args.docs,
                         catalog=args.catalog, config_path=args.config,
-                        backend=args.backend, model=args.model, base_url=args.base_url, limit=args.limit)
+                        backend=args.backend, model=args.model, base_url=args.base_url, limit=args.limit,
+                        pool=args.pool)
     print(json.dumps(result, indent=2, default=str))
+    if result["rows_out"] == 0 and result["rows_quarantined"]:
+        return _nothing_judged(result)
     return 0
+
+
+def _nothing_judged(result: dict) -> int:
+    """Every pair was refused: say why (the commonest reasons) and fail, so scripts notice."""
+    from tasks.runtime.catalog import Catalog
+
+    rows = Catalog(result["catalog"]).query(
+        "SELECT reason, count(*) AS n FROM quarantine WHERE run_id = ? GROUP BY reason ORDER BY n DESC LIMIT 5",
+        [result["run_id"]]).to_pylist()
+    print(f"error: none of the {result['rows_quarantined']} pairs could be judged; the reasons:", file=sys.stderr)
+    for r in rows:
+        print(f"  {r['n']:>6}  {r['reason']}", file=sys.stderr)
+    print("(all of them: corpusforge quarantine --stage judge --run " + result["run_id"] + ")", file=sys.stderr)
+    return 1
 
 
 def register(sub) -> None:
@@ -211,8 +241,12 @@ def register(sub) -> None:
     j.add_argument("--pairs", help="qrels/run file or Parquet with query_id, doc_id (default: the "
                    "catalog's synthetic queries x top-k candidates)")
     j.add_argument("--queries", help="topics file (qid<TAB>text) for --pairs")
-    j.add_argument("--docs", help="passages JSONL ({docid, doc}) or Parquet (doc_id, text) for --pairs")
-    j.add_argument("--backend", choices=["offline", "hf", "openai"], help="overrides judge.backend")
+    j.add_argument("--docs", help="passages for --pairs: JSONL ({docid, doc}, or the manifest's {id, text}) or "
+                   "Parquet (doc_id or id, text)")
+    j.add_argument("--pool", choices=["queries", "imported", "mining"],
+                   help="with --config: the synthetic queries x top-k (default), the imported queries of "
+                   "negatives.queries_file x top-k, or the mining candidates (candidates/mining[-name]) + positives")
+    j.add_argument("--backend", choices=["offline", "hf", "openai", "cross_encoder"], help="overrides judge.backend")
     j.add_argument("--model", help="overrides the backend's model")
     j.add_argument("--base-url", help="openai backend endpoint")
     j.add_argument("--limit", type=int, help="judge only the first N pairs")

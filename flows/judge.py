@@ -28,8 +28,10 @@ def judge_overrides(cfg: JudgeConfig, backend: str | None, model: str | None, ba
 @flow(name="judge", log_prints=False)
 def judge_flow(pairs: str | None = None, queries: str | None = None, docs: str | None = None,
                catalog: str | None = None, config_path: str | None = None, backend: str | None = None,
-               model: str | None = None, base_url: str | None = None, limit: int | None = None) -> dict:
-    """Judge pairs from files (or a build config's queries) into a catalog's judgments."""
+               model: str | None = None, base_url: str | None = None, limit: int | None = None,
+               pool: str | None = None) -> dict:
+    """Judge pairs from files, or a pool of a build config's catalog (`queries`: the synthetic
+    queries x top-k; `imported`: negatives.queries_file x top-k; `mining`: the mined candidates)."""
     from prefect.runtime import flow_run
 
     from tasks.judge.stage import Judge
@@ -42,7 +44,8 @@ def judge_flow(pairs: str | None = None, queries: str | None = None, docs: str |
     cfg = cfg.model_copy(update={"judge": judge_overrides(cfg.judge, backend, model, base_url)})
     if pairs and not (queries and docs):
         raise ValueError("--pairs needs --queries (topics file) and --docs (passages file)")
-    params = {"pairs": pairs, "queries": queries, "docs": docs, "limit": limit} if pairs else {}
+    params = {"pairs": pairs, "queries": queries, "docs": docs, "limit": limit} if pairs else \
+        ({"pool": pool} if pool else {})
     stage = Judge(cfg, **params)
     described = {"judge": cfg.judge.model_dump(mode="json"), **params}
     with open_run(cfg, "judge", params=described, holder="judge flow", logger=logger,

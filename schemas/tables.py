@@ -193,6 +193,15 @@ EVALUATIONS = pa.schema(
     ]
 )
 
+JUDGE_MODELS = pa.schema(
+    [  # the training labels of a trained judge; the model itself is stored with the version
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("judge", pa.string(), nullable=False),  # the label set it learnt from
+        pa.field("grade", pa.int8(), nullable=False),
+    ]
+)
+
 QUARANTINE = pa.schema(
     [
         pa.field("stage", pa.string(), nullable=False),
@@ -214,6 +223,7 @@ TABLES: dict[str, pa.Schema] = {
     "query_answerability": QUERY_ANSWERABILITY,
     "models": MODELS,
     "evaluations": EVALUATIONS,
+    "judge_models": JUDGE_MODELS,
 }
 
 
@@ -231,6 +241,7 @@ KEYS: dict[str, list[str]] = {
     "query_answerability": ["query_id"],
     "models": ["model_id"],
     "evaluations": ["eval_set", "variant"],
+    "judge_models": ["judge", "query_id", "doc_id"],
 }
 
 

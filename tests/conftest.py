@@ -101,3 +101,10 @@ def tiny_sentence_model(tmp_path_factory) -> str:
     st = SentenceTransformer(modules=[models.Transformer(str(bert_dir)), models.Pooling(32, "mean")])
     st.save(str(out / "model"))
     return str(out / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> str:
+    from tests.tiny_models import build_tiny_bert
+
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))

@@ -172,7 +172,13 @@ def test_trec_and_parquet_exports_and_the_card(mined, tmp_path):
     qrels = list(ir_measures.read_trec_qrels(str(trec.path / "qrels" / "human_one.txt")))
     assert len(qrels) == 12 and sorted({q.relevance for q in qrels}) == [0, 1, 2, 3]
     positives = list(ir_measures.read_trec_qrels(str(trec.path / "qrels" / "positives.txt")))
-    assert {(q.query_id, q.doc_id) for q in positives} == set(zip(queries["query_id"].to_pylist(), queries["doc_id"].to_pylist()))
+    # documents are named by their sources' own ids (coco:<image id>, manifest ids), as users' qrels name them
+    from tasks.judge.trec_io import source_names
+
+    names = source_names(documents)
+    assert {(q.query_id, q.doc_id) for q in positives} == {
+        (q, names.get(d, d)) for q, d in zip(queries["query_id"].to_pylist(), queries["doc_id"].to_pylist())}
+    assert sum(q.doc_id.startswith("coco:") for q in positives) == len(positives)
     run = list(ir_measures.read_trec_run(str(trec.path / "runs" / "candidates__mining.dense.txt")))
     assert len(run) == ctx.read("candidates/mining").num_rows
     # a run scores the positives it retrieved: with MiniLM the held-back caption finds its own image's document

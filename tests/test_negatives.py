@@ -133,18 +133,18 @@ def test_judge_filter_drops_likely_false_negatives():
                    ("q", "a", 2, 2.38),  # 0.793 > 0.79: dropped by score
                    ("q", "b", 2, 1.9),  # score 0.633 passes, but grade 2: dropped
                    ("q", "c", 1, 2.35),  # 0.783 <= 0.79, grade 1: kept
-                   ("q", "d", None, None),  # a parse error is no label: unjudged, kept
+                   ("q", "d", None, None),  # a parse error is no label: unjudged
                    ("q", "e", 0, 0.2)])
-    cfg = dict(num_negatives=4, range_max=6, judge_filter={"enabled": True})
+    cfg = dict(num_negatives=4, range_max=6, judge_filter={"enabled": True, "unjudged": "keep"})
     res = mine(pa.table({"query_id": ["q"], "text": ["x"]}), q, pa.table({"query_id": ["q"], "doc_id": ["pos"]}),
                index, NegativesConfig(**cfg), judgments=j)
-    assert negs(res) == ["c", "d", "e", "f"]
+    assert negs(res) == ["c", "d", "e", "f"]  # kept, as asked (imported qrels: unjudged means not relevant)
     assert res.report["removed"] == {"judge_score": 1, "judge_grade": 1}
     got = {r["neg_doc_id"]: (r["judge_score"], r["judge_grade"]) for r in res.negatives.to_pylist()}
     assert got["c"] == (pytest.approx(2.35 / 3), 1) and got["d"] == (None, None)
+    # the default never lets an unjudged candidate through (the stage judges them first; what is left is dropped)
     strict = mine(pa.table({"query_id": ["q"], "text": ["x"]}), q, pa.table({"query_id": ["q"], "doc_id": ["pos"]}),
-                  index, NegativesConfig(**cfg | {"judge_filter": {"enabled": True, "require_judgment": True}}),
-                  judgments=j)
+                  index, NegativesConfig(**cfg | {"judge_filter": {"enabled": True}}), judgments=j)
     assert negs(strict) == ["c", "e"] and strict.report["removed"]["unjudged"] == 2
 
 

@@ -166,7 +166,7 @@ def test_false_negatives_filtered_with_human_qrels(llmjudge):
     base = dict(num_negatives=8, range_max=60)
     raw = mine(llmjudge.queries, llmjudge.q_vec, positives, llmjudge.index, NegativesConfig(**base))
     filtered = mine(llmjudge.queries, llmjudge.q_vec, positives, llmjudge.index,
-                    NegativesConfig(**base, judge_filter={"enabled": True}), judgments=judgments)
+                    NegativesConfig(**base, judge_filter={"enabled": True, "unjudged": "keep"}), judgments=judgments)
 
     def graded(table):
         return [g.get((q, n), 0) for q, n in zip(table["query_id"].to_pylist(), table["neg_doc_id"].to_pylist())]
@@ -188,7 +188,7 @@ def test_false_negatives_filtered_with_human_qrels(llmjudge):
             assert gr == g[(q, n)] and s == pytest.approx(g[(q, n)] / 3)
         else:
             assert gr is None and s is None
-    assert all("judge_filter=beta:0.01,grade<2" in p for p in filtered.negatives["policy"].to_pylist())
+    assert all("judge_filter=beta:0.01,grade<2,unjudged:keep" in p for p in filtered.negatives["policy"].to_pylist())
     # each query keeps its full quota where candidates allow, and shortfalls are reported
     assert filtered.report["queries_short"] == sum(
         1 for n in filtered.negatives.group_by("query_id").aggregate([("neg_doc_id", "count_distinct")])

@@ -151,3 +151,46 @@ def test_duplicate_documents_are_refused(synth):
     ids, texts, vecs, _ = synth
     with pytest.raises(ValueError, match="unique"):
         build_bottom_up("t", [ids[0], ids[0]], texts[:2], vecs[:2], _offline(texts[:2]))
+
+
+def test_levels_share_the_fan_out_so_the_root_is_not_starved():
+    """ceil(n/M) groups per level left the root with whatever was over (2 children for 1,500
+    documents at M = 10); spreading the fan-out gives every node, the root included, about
+    n^(1/height) children."""
+    from tasks.tree.cluster import level_sizes
+
+    ids, texts, vecs, _ = synthetic_corpus(1500, n_topics=30, seed=3)
+    tree = build_bottom_up("t", ids, texts, vecs, _offline(texts), None, BuildParams(max_branching=10))
+    assert check_invariants(tree, ids) == [] and tree.height() == 4
+    kids = [len(tree.children[v]) for v in tree.live_nodes() if not tree.is_leaf(v)]
+    assert min(kids) >= 5 and max(kids) <= 8, (min(kids), max(kids))  # 1500^(1/4) = 6.2 everywhere
+    assert len(tree.children[ROOT]) == level_sizes(1500, 10)[-1] == 6
+    assert level_sizes(1000, 10) == [100, 10] and level_sizes(10, 10) == [] and level_sizes(4414, 10) == [542, 66, 8]
+
+
+def test_summaries_high_in_the_tree_describe_their_documents():
+    """A node's keyphrases come from the documents beneath it, so a top-level summary names words
+    many of its documents share, not rare phrases of a few children's summaries."""
+    ids, texts, vecs, topics = synthetic_corpus(1000, n_topics=25)
+    tree = build_bottom_up("t", ids, texts, vecs, _offline(texts), None, BuildParams(max_branching=10))
+    for v in tree.children[ROOT]:
+        keys = tree.text[v].partition(SEP)[0].split(", ")
+        under = [tree.text[leaf].lower() for leaf in tree.leaves_under(v)]
+        share = [np.mean([k in t for t in under]) for k in keys]
+        assert len(keys) == 5 and min(share) >= 0.1, (keys, share)  # a phrase of one document: 0.01
+
+
+def test_node_vectors_summary_centroid_or_both():
+    ids, texts, vecs, _ = synthetic_corpus(300, n_topics=10)
+    embed = hashed_embedder()
+    trees = {nv: build_bottom_up("t", ids, texts, vecs, _offline(texts), embed,
+                                 BuildParams(max_branching=10, node_vectors=nv)) for nv in ("summary", "centroid", "both")}
+    for v in [v for v in trees["both"].live_nodes() if not trees["both"].is_leaf(v)][:20]:
+        leaves = trees["centroid"].leaves_under(v)
+        centroid = vecs[[ids.index(trees["centroid"].doc_id[x]) for x in leaves]].sum(0)
+        centroid /= np.linalg.norm(centroid)
+        summary = embed([trees["summary"].text[v]])[0]
+        assert np.allclose(trees["centroid"].vectors[v], centroid, atol=1e-5)
+        assert np.allclose(trees["summary"].vectors[v], summary, atol=1e-5)
+        both = summary + centroid
+        assert np.allclose(trees["both"].vectors[v], both / np.linalg.norm(both), atol=1e-5)

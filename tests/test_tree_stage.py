@@ -49,6 +49,9 @@ def test_stage_builds_publishes_and_refreshes_incrementally(store):
     assert ("documents", d.version) in lineage and ("embeddings/text", e.version) in lineage
     nodes = read(ctx.catalog, ctx.root, "tree_nodes/default")
     assert set(nodes["space"].to_pylist()) == {space}
+    # the default tree is also the `tree_nodes` view, as every other table has its own name
+    assert ctx.catalog.query("SELECT count(*) AS n, count(DISTINCT tree_id) AS trees FROM tree_nodes").to_pylist() == \
+        [{"n": nodes.num_rows, "trees": 1}]
     loaded = load_tree(ctx.catalog, ctx.root, "default")
     assert check_invariants(loaded.tree, [hex_id(i) for i in ids[:N]]) == []
 
@@ -64,6 +67,8 @@ def test_stage_builds_publishes_and_refreshes_incrementally(store):
     assert row3["cache_hits"] == N - 3  # leaves carried over from the previous tree
     tree = load_tree(ctx.catalog, ctx.root, "default").tree
     assert check_invariants(tree, [hex_id(i) for i in keep]) == []
+    assert ctx.catalog.query("SELECT count(*) FILTER (WHERE is_leaf) AS n FROM tree_nodes").to_pylist() == \
+        [{"n": len(keep)}]  # the view follows the new version
     before = {r["node_id"]: r["summary"] for r in nodes.to_pylist() if not r["is_leaf"]}
     after = {r["node_id"]: r["summary"] for r in read(ctx.catalog, ctx.root, "tree_nodes/default").to_pylist()
              if not r["is_leaf"]}

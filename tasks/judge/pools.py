@@ -15,26 +15,50 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.corpus import document_texts
+from tasks.corpus import document_text, document_texts
 from tasks.runtime.ids import cache_key, record_id
 from tasks.runtime.stage import KEY, UNIT, Units
 
 SCHEMA = pa.schema([(UNIT, pa.string()), (KEY, pa.string()), ("query_id", pa.string()), ("query_text", pa.string()),
-                    ("doc_id", pa.string()), ("doc_text", pa.string()), ("image_path", pa.string())])
+                    ("doc_id", pa.string()), ("doc_text", pa.string()), ("image_path", pa.string()),
+                    ("cosine", pa.float32())])  # the offline judge's cosine, when known before the work
 
 
 def pair_units(pairs: list[tuple], fp: str, rejected: list[dict], duplicates: list[str]) -> Units:
     """Units from (query_id, query_text, doc_id, doc_text, image_path, image_sha256) tuples."""
     cols = {n: [] for n in SCHEMA.names}
     for qid, qt, did, dt, img, img_sha in pairs:
-        for k, v in zip(SCHEMA.names, (f"{qid}/{did}", cache_key(record_id(qt, dt, img_sha), fp), qid, qt, did, dt, img)):
+        for k, v in zip(SCHEMA.names, (f"{qid}/{did}", cache_key(record_id(qt, dt, img_sha), fp), qid, qt, did, dt, img,
+                                       None)):
             cols[k].append(v)
     return Units(pa.table(cols, schema=SCHEMA), rejected, duplicates)
 
 
+def with_cosines(inputs, units: pa.Table, encoder) -> pa.Table:
+    """The units with the cosine of each query and document text, from vectors the embed cache has
+    (every document text the embed stage embedded, every query text a stage embedded before), so
+    the offline judge does not embed again what the catalog already holds. Each distinct text is
+    looked up once; a text never embedded is embedded once, into the cache."""
+    import numpy as np
+
+    from tasks.embed import text_vectors
+
+    if units.num_rows == 0:
+        return units
+    texts = list(dict.fromkeys(units["query_text"].to_pylist() + units["doc_text"].to_pylist()))
+    vecs = text_vectors(inputs, texts, encoder)
+    vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+    at = {t: i for i, t in enumerate(texts)}
+    q = vecs[[at[t] for t in units["query_text"].to_pylist()]]
+    d = vecs[[at[t] for t in units["doc_text"].to_pylist()]]
+    cos = np.einsum("ij,ij->i", q, d).astype(np.float32)
+    return units.set_column(units.schema.get_field_index("cosine"), "cosine", pa.array(cos, pa.float32()))
+
+
 def read_passages(path: str | Path) -> dict[str, str]:
     """Passages by id: JSONL `docid`/`doc` (LLMJudge), `doc_id`/`text` or `id`/`text` (the
-    manifest format); or Parquet with doc_id (or id) and text."""
+    manifest format, where an image's `alt_text` is read as an `[Image: ...]` line); or Parquet
+    with doc_id (or id) and text."""
     path = Path(path)
     if path.suffix.lower() == ".parquet":
         import pyarrow.parquet as pq
@@ -54,8 +78,12 @@ def read_passages(path: str | Path) -> dict[str, str]:
                     continue
                 did = r.get("docid", r.get("doc_id", r.get("id")))
                 text = r.get("doc", r.get("text"))
+                text = text if isinstance(text, str) else None
+                alt = r.get("alt_text")
+                if isinstance(alt, str) and alt.strip():  # a manifest image with alt-text reads as the corpus does
+                    text = document_text(text, [alt.strip()])
                 if did is not None:
-                    out[str(did)] = text if isinstance(text, str) else None
+                    out[str(did)] = text
     return out
 
 

@@ -6,9 +6,12 @@
   answer is generated and parsed. An answer with no grade in it is `parse_error` (or
   `refused`) with a NULL grade, never 0. A request that fails for good is an error: the pair
   is quarantined with the reason and retried on the next run.
-- `offline`: the embedding-similarity grader of tasks.judge.offline_judge.
+- `offline`: the embedding-similarity grader of tasks.judge.offline_judge, on cosines the stage
+  computed from vectors already in the embed cache when it could (column `cosine`).
+- `cross_encoder`: a four-label CrossEncoder (tasks.judge.cross_encoder): softmax p_grade.
 A judge's identity is model@revision + "#" + prompt hash (+ "+generate" when forced to
-generate and parse; the offline judge: its encoder space + "#" + its parameter hash).
+generate and parse; the offline judge: its encoder space + "#" + its parameter hash; the
+cross-encoder: cross-encoder:<model>@<weights hash>).
 """
 from __future__ import annotations
 
@@ -41,8 +44,15 @@ def load_template(cfg: JudgeConfig) -> tuple[str, str]:
     return load_prompt(PROMPT, cfg.prompt_version, cfg.prompts_dir)
 
 
-def judge_name(cfg: JudgeConfig, prompt_sha: str | None = None) -> str:
-    """model@revision#prompt-hash; the offline judge names its encoder space and parameters."""
+def judge_name(cfg: JudgeConfig, prompt_sha: str | None = None, model_path: str | None = None) -> str:
+    """model@revision#prompt-hash; the offline judge names its encoder space and parameters, the
+    cross-encoder its model and weights."""
+    if cfg.backend == "cross_encoder":
+        from tasks.judge.cross_encoder import judge_identity
+
+        if model_path is None:
+            raise ValueError("a cross-encoder judge's name needs its model folder")
+        return judge_identity(cfg.model, model_path)
     if cfg.backend == "offline":
         from tasks.backends.embedders import text_space
 
@@ -83,21 +93,31 @@ def _onehot(g: int) -> list[float]:
 class Judge:
     """A judge built once (in a Ray actor or in-process) that scores batches of pairs."""
 
-    def __init__(self, cfg: JudgeConfig, device: str = "auto", backend=None):
+    def __init__(self, cfg: JudgeConfig, device: str = "auto", backend=None, model_path: str | None = None):
         self.cfg = cfg
         self.backend = backend
+        self.device = "cpu" if device == "auto" else device
         if cfg.backend == "offline":
-            from tasks.backends.embedders import local_text_embedder
+            self.template, sha = None, None  # the encoder loads on first use: cosines may come precomputed
+        elif cfg.backend == "cross_encoder":
+            from tasks.judge.cross_encoder import CrossEncoderGrader
 
-            self.template, sha = None, None  # loaded once per process and encoder config
-            self.backend = backend or local_text_embedder(cfg.offline.encoder.model_dump_json(),
-                                                          "cpu" if device == "auto" else device)
+            self.template, sha = None, None
+            self.backend = backend or CrossEncoderGrader(model_path, self.device, cfg.cross_encoder.max_length,
+                                                         max(cfg.batch_size, 32))
         else:
             from tasks.backends.registry import build_label_scorer
 
             self.template, sha = load_template(cfg)
             self.backend = backend or build_label_scorer(cfg, device)
-        self.name = judge_name(cfg, sha)
+        self.name = judge_name(cfg, sha, model_path)
+
+    def embedder(self):
+        if self.backend is None:
+            from tasks.backends.embedders import local_text_embedder
+
+            self.backend = local_text_embedder(self.cfg.offline.encoder.model_dump_json(), self.device)
+        return self.backend
 
     def prompts(self, pairs: pa.Table) -> list:
         out = []
@@ -121,6 +141,8 @@ class Judge:
             return JUDGMENTS.empty_table()
         if self.cfg.backend == "offline":
             return self._offline(pairs)
+        if self.cfg.backend == "cross_encoder":
+            return self._cross_encoder(pairs)
         prompts = self.prompts(pairs)
         # similar lengths share a batch (less padding); results come back in the input order
         order = np.argsort([len(p) if isinstance(p, str) else len(json.dumps(p)) for p in prompts], kind="stable")
@@ -132,12 +154,24 @@ class Judge:
         return out.take(pa.array(inverse))
 
     def _offline(self, pairs: pa.Table) -> pa.Table:
+        """Cosines given with the pairs (from the embed cache) are used as they are; the rest are embedded."""
         from tasks.judge import offline_judge
 
-        s = offline_judge.cosines(self.backend, pairs["query_text"].to_pylist(), pairs["doc_text"].to_pylist())
+        given = pairs["cosine"].to_pylist() if "cosine" in pairs.column_names else [None] * pairs.num_rows
+        s = np.array([np.nan if c is None else c for c in given], np.float32)
+        todo = np.flatnonzero(np.isnan(s))
+        if len(todo):
+            q, d = pairs["query_text"].to_pylist(), pairs["doc_text"].to_pylist()
+            s[todo] = offline_judge.cosines(self.embedder(), [q[i] for i in todo], [d[i] for i in todo])
         p = offline_judge.grade_probabilities(s, self.cfg.offline.thresholds, self.cfg.offline.temperature)
         return judgment_rows(pairs, self.name, list(p), ["ok"] * pairs.num_rows,
                              [json.dumps({"cosine": round(float(x), 6)}) for x in s])
+
+    def _cross_encoder(self, pairs: pa.Table) -> pa.Table:
+        docs = [(d or "")[: self.cfg.max_doc_chars] for d in pairs["doc_text"].to_pylist()]
+        p = self.backend.p_grade(pairs["query_text"].to_pylist(), docs)
+        return judgment_rows(pairs, self.name, list(p), ["ok"] * pairs.num_rows,
+                             [json.dumps({"p": [round(float(x), 6) for x in row]}) for row in p])
 
     def _label_probs(self, pairs: pa.Table, prompts: list) -> pa.Table:
         from tasks.backends.registry import outcomes
@@ -185,11 +219,13 @@ class JudgeWork:
     failed for good (status `error`) is an error row: quarantined and retried next run."""
 
     def __init__(self, args: dict, device: str = "cpu"):
-        self.judge = Judge(JudgeConfig.model_validate(args["cfg"]), device)
+        self.judge = Judge(JudgeConfig.model_validate(args["cfg"]), device, model_path=args.get("model_path"))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         pairs = pa.table({"query_id": batch[KEY], "query_text": batch["query_text"], "doc_id": batch[KEY],
                           "doc_text": batch["doc_text"], "image_path": batch["image_path"]})
+        if "cosine" in batch.column_names:
+            pairs = pairs.append_column("cosine", batch["cosine"])
         out = self.judge(pairs)
         status = out["status"].to_pylist()
         raw = out["raw"].to_pylist()

@@ -4,6 +4,14 @@ Each judge writes its own dataset, `judgments/<judge>`; the SQL view `judgments`
 of every current label set (imports included). Units are pairs keyed by the content the judge
 reads (query text, document text, image) x the judge's identity, so a pair graded once by a
 judge is never sent to it again; a re-run only merges new pairs into its label set.
+
+Pools (params `pool`): files (`pairs`, `queries`, `docs`); `queries`, the build's synthetic
+queries x their top-k in the text index; `imported`, the queries of `negatives.queries_file` x
+their top-k (+ their qrels positives); `mining`, the mining query set x its mined candidates
+(+ positives), or the exact pairs (`pairs_of`) the negatives stage needs judged. The offline
+judge gets its cosines from the embed cache (vectors the catalog already has); a cross-encoder
+trained into the catalog (`judge_models/<name>`) is a declared input, so its labels' lineage
+reaches the labels it was trained on.
 """
 from __future__ import annotations
 
@@ -16,13 +24,15 @@ import pyarrow.compute as pc
 import tasks.judge.analysis  # noqa: F401 - the SQL views over every label set, in every catalog
 from schemas.config import JudgeConfig
 from schemas.tables import JUDGMENTS
-from tasks.judge.pools import units_from_catalog, units_from_files
+from tasks.judge.pools import units_from_catalog, units_from_files, with_cosines
 from tasks.judge.scoring import OUTPUTS, JudgeWork, judge_name, judgment_rows, load_template
 from tasks.runtime.ids import fingerprint
-from tasks.runtime.stage import KEY, UNIT, Assembled, Resources, Stage, Units, Work, fingerprint_fields, optional
+from tasks.runtime.stage import (KEY, UNIT, Assembled, Read, Resources, Stage, Units, Work, fingerprint_fields,
+                                 optional)
 
-POOL_FIELDS = ("top_k", "answerability", "answerable_min_grade")  # which pairs, not how they are graded
+POOL_FIELDS = ("top_k", "answerability", "answerable_min_grade", "training")  # not how pairs are graded
 JUDGMENTS_PREFIX = "judgments/"
+POOLS = ("files", "queries", "imported", "mining")
 
 
 def label_set(judge: str) -> str:
@@ -47,40 +57,85 @@ class Judge(Stage):
     def from_files(self) -> bool:
         return bool(self.params.get("pairs"))
 
+    @property
+    def pool(self) -> str:
+        pool = "files" if self.from_files else self.params.get("pool", "queries")
+        if pool not in POOLS:
+            raise ValueError(f"unknown judge pool '{pool}'; choose one of {', '.join(POOLS)}")
+        return pool
+
     def enabled(self) -> bool:
-        return self.from_files or self.cfg.enabled
+        return self.pool != "queries" or self.cfg.enabled
+
+    def model(self):
+        """(model folder, judge_models version or None) of a cross-encoder judge, else (None, None)."""
+        if self.cfg.backend != "cross_encoder":
+            return None, None
+        if not hasattr(self, "_model"):
+            from tasks.judge.cross_encoder import resolve_model
+
+            self._model = resolve_model(self.config)
+        return self._model
 
     def judge(self) -> str:
-        return judge_name(self.cfg)
+        return judge_name(self.cfg, model_path=self.model()[0])
 
     def outputs(self) -> tuple[str, ...]:
         return (label_set(self.judge()),)
 
+    def inputs(self) -> tuple[Read, ...]:
+        reads = list(super().inputs())
+        if self.pool in ("imported", "mining"):
+            from tasks.judge.mining_pool import reads_for
+
+            reads = reads_for(self.config, self.pool, self.params)
+        ref = self.model()[1]
+        if ref is not None:
+            reads.append(Read(ref.name))
+        return tuple(reads)
+
     def prompt_shas(self) -> dict[str, str]:
-        return {} if self.cfg.backend == "offline" else {"judge_graded": load_template(self.cfg)[1]}
+        if self.cfg.backend in ("offline", "cross_encoder"):
+            return {}
+        return {"judge_graded": load_template(self.cfg)[1]}
 
     def work_fingerprint(self) -> str:
         section = {k: v for k, v in fingerprint_fields(self.cfg).items() if k not in POOL_FIELDS}
-        return fingerprint({"judge": section, "prompts": self.prompt_shas()})
+        return fingerprint({"judge": section, "prompts": self.prompt_shas(),
+                            "model": self.judge() if self.cfg.backend == "cross_encoder" else None})
 
     def units(self, inputs) -> Units:
         fp = self.work_fingerprint()
-        if self.from_files:
+        pool = self.pool
+        if pool == "files":
             p = self.params
-            return units_from_files(p["pairs"], p["queries"], p["docs"], fp, p.get("limit"))
-        for needed in ("queries", "documents", "indexes/text"):
-            if needed not in inputs:
-                raise LookupError(f"judging the build's queries needs `{needed}` (run the stages before judge), "
-                                  "or judge files with --pairs/--queries/--docs")
-        return units_from_catalog(inputs, self.cfg.top_k, fp, with_sources=self.cfg.answerability)
+            units = units_from_files(p["pairs"], p["queries"], p["docs"], fp, p.get("limit"))
+        elif pool in ("imported", "mining"):
+            from tasks.judge.mining_pool import units_from_mining
+
+            units = units_from_mining(inputs, self.config, pool, fp, self.params)
+        else:
+            for needed in ("queries", "documents", "indexes/text"):
+                if needed not in inputs:
+                    raise LookupError(f"judging the build's queries needs `{needed}` (run the stages before judge), "
+                                      "or judge files with --pairs/--queries/--docs")
+            units = units_from_catalog(inputs, self.cfg.top_k, fp, with_sources=self.cfg.answerability)
+        if self.cfg.backend == "offline":
+            units.table = with_cosines(inputs, units.table, self.cfg.offline.encoder)
+        return units
 
     def work(self) -> Work:
         cfg = self.cfg
-        res = Resources.of(cfg, where="local" if cfg.backend == "openai" else "ray", uses_gpu=cfg.backend == "hf")
+        res = Resources.of(cfg, where="local" if cfg.backend == "openai" else "ray", uses_gpu=cfg.backend != "offline")
+        columns = ["query_text", "doc_text", "image_path"]
+        args = {"cfg": cfg.model_dump(mode="json")}
         if cfg.backend == "offline":
             res = Resources.of(cfg, batch_size=max(cfg.batch_size, 256), uses_gpu=False)
-        return Work(JudgeWork, {"cfg": cfg.model_dump(mode="json")}, ["query_text", "doc_text", "image_path"],
-                    OUTPUTS, res)
+            columns.append("cosine")
+        elif cfg.backend == "cross_encoder":
+            res = Resources.of(cfg, batch_size=max(cfg.batch_size, 64))
+            args["model_path"] = self.model()[0]
+        return Work(JudgeWork, args, columns, OUTPUTS, res)
 
     def payload(self, unit: dict) -> dict:
         return {"query_id": unit["query_id"], "doc_id": unit["doc_id"]}

@@ -195,18 +195,43 @@ def read_topics(path: str | Path, stage: str = "topics") -> Parsed:
     return Parsed(pa.table({"query_id": ids, "text": texts}, schema=TOPICS), q, lines, dups)
 
 
-def write_qrels(table: pa.Table, path: str | Path, relevance: str = "relevance") -> int:
-    """Write `query_id doc_id <relevance>` rows as qrels, sorted for stable diffs."""
-    t = table.filter(pc.is_valid(table[relevance])).sort_by([("query_id", "ascending"), ("doc_id", "ascending")])
+def source_names(documents: pa.Table | None) -> dict[str, str]:
+    """doc_id -> the source's own id (a manifest `id`, `coco:<image id>`), for documents that have
+    one no other document shares; TREC files written with it score against the user's own qrels."""
+    if documents is None or "source_id" not in documents.column_names:
+        return {}
+    pairs = [(d, s) for d, s in zip(documents["doc_id"].to_pylist(), documents["source_id"].to_pylist()) if s]
+    counts: dict[str, int] = {}
+    for _, s in pairs:
+        counts[s] = counts.get(s, 0) + 1
+    return {d: s for d, s in pairs if counts[s] == 1}
+
+
+def named(table: pa.Table, doc_names: dict[str, str] | None, column: str = "doc_id") -> pa.Table:
+    """The table with `column` renamed through doc_names (ids without a source name stay ours)."""
+    if not doc_names:
+        return table
+    ids = [doc_names.get(d, d) for d in table[column].to_pylist()]
+    return table.set_column(table.schema.get_field_index(column), column, pa.array(ids, pa.string()))
+
+
+def write_qrels(table: pa.Table, path: str | Path, relevance: str = "relevance",
+                doc_names: dict[str, str] | None = None) -> int:
+    """Write `query_id doc_id <relevance>` rows as qrels, sorted for stable diffs; with `doc_names`
+    (source_names) documents are named by their sources' own ids where they have one."""
+    t = named(table, doc_names)
+    t = t.filter(pc.is_valid(t[relevance])).sort_by([("query_id", "ascending"), ("doc_id", "ascending")])
     with open(path, "w", encoding="utf-8") as f:
         for qid, did, rel in zip(*(t[c].to_pylist() for c in ("query_id", "doc_id", relevance))):
             f.write(f"{qid} 0 {did} {int(rel)}\n")
     return t.num_rows
 
 
-def write_run(table: pa.Table, path: str | Path, tag: str | None = None) -> int:
-    """Write a run; ranks are renumbered by descending score within each query."""
-    t = table.sort_by([("query_id", "ascending"), ("score", "descending"), ("doc_id", "ascending")])
+def write_run(table: pa.Table, path: str | Path, tag: str | None = None,
+              doc_names: dict[str, str] | None = None) -> int:
+    """Write a run; ranks are renumbered by descending score within each query; with `doc_names`
+    documents are named by their sources' own ids where they have one."""
+    t = named(table, doc_names).sort_by([("query_id", "ascending"), ("score", "descending"), ("doc_id", "ascending")])
     tags = t["tag"].to_pylist() if "tag" in t.column_names and tag is None else [tag or "corpusforge"] * t.num_rows
     with open(path, "w", encoding="utf-8") as f:
         prev, rank = None, 0

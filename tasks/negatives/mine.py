@@ -98,6 +98,8 @@ class _Acc:
     empty: int = 0
     c1: int = 0
     c2: int = 0
+    unjudged_kept: int = 0
+    beta_skipped: int = 0
 
 
 def mine(queries: pa.Table, query_vectors: np.ndarray, positives: pa.Table, index: VectorIndex,
@@ -159,17 +161,23 @@ def mine(queries: pa.Table, query_vectors: np.ndarray, positives: pa.Table, inde
                 pos_ids, pos_pos, pos_scores = [pos_ids[j] for j in sel], [pos_pos[j] for j in sel], \
                     [pos_scores[j] for j in sel]
                 pos_min = pos_min[sel]
+        if cfg.judge_filter.enabled and cfg.judge_filter.unjudged != "keep":
+            graded = [any((q, d) in judged and judged[(q, d)][0] is not None for d in pos_ids[j])
+                      for j, q in enumerate(bq)]
+            for j in np.flatnonzero(~np.asarray(graded, bool)):
+                quarantine.add(bq[j], "no judge graded a positive of this query, so the judge filter's beta rule "
+                               "(drop candidates the judge scores like the positive) cannot be applied",
+                               {"positives": pos_ids[j][:10]})
+            sel = [j for j, ok in enumerate(graded) if ok]
+            bq, bt, bv = [bq[j] for j in sel], [bt[j] for j in sel], bv[sel]
+            pos_ids, pos_pos, pos_scores = [pos_ids[j] for j in sel], [pos_pos[j] for j in sel], \
+                [pos_scores[j] for j in sel]
+            pos_min = pos_min[sel]
         if not bq:
             continue
-        cands = retrieve(index, bv, bt, bq, plan.depth, cfg.source, lexical, batch=len(bq))
-        batch = Batch(cands, pos_pos, pos_min)
-        if cfg.judge_filter.enabled:
-            batch.judge_score, batch.judge_grade, batch.pos_judge = _judge_arrays(cands, pos_ids, judged)
-        if cfg.modality.enabled:
-            mods = np.array([doc_modality.get(d) for d in cands.universe], dtype=object)
-            cand_mod = np.where(cands.doc >= 0, mods[np.where(cands.doc >= 0, cands.doc, 0)], None)
-            exp = np.array([expected.get(q) for q in bq], dtype=object)[:, None]
-            batch.wrong_modality = (cand_mod != exp) & (cands.doc >= 0)
+        batch = candidate_batch(index, cfg, plan, bq, bt, bv, pos_ids, pos_pos, pos_min, judged, lexical,
+                                doc_modality, expected)
+        cands = batch.cands
         sel = select(batch, cfg, plan)
         _emit(acc, batch, sel, bq, bt, pos_ids, pos_pos, pos_scores, base_policy, plan, cfg)
         for j, q in enumerate(bq):
@@ -195,11 +203,30 @@ def mine(queries: pa.Table, query_vectors: np.ndarray, positives: pa.Table, inde
         "queries_short": len(acc.short), "queries_without_negatives": acc.empty,
         "short_examples": acc.short[:SHORT_LIST], "rows": negatives.num_rows,
         "modality_c1": acc.c1, "modality_c2": acc.c2,
+        "unjudged_kept": acc.unjudged_kept, "beta_skipped_queries": acc.beta_skipped,
     }
     if acc.short:
         log.warning("%d of %d queries got fewer than %d negatives (%d got none); consider raising range_max "
                     "or loosening the margins", len(acc.short), mined, plan.num_negatives, acc.empty)
     return MiningResult(negatives, candidates, state, report, quarantine, plan)
+
+
+def candidate_batch(index: VectorIndex, cfg: NegativesConfig, plan: MiningPlan, bq: list[str], bt: list[str],
+                    bv: np.ndarray, pos_ids: list[list[str]], pos_pos: list[np.ndarray], pos_min: np.ndarray,
+                    judged: dict, lexical: LexicalIndex | None = None, doc_modality: dict | None = None,
+                    expected: dict | None = None) -> Batch:
+    """Retrieve a batch of queries' candidates and attach what the policies read (judge scores,
+    modalities); the judge filter's lookahead (tasks.negatives.judging) builds the very same batch."""
+    cands = retrieve(index, bv, bt, bq, plan.depth, cfg.source, lexical, batch=len(bq))
+    batch = Batch(cands, pos_pos, pos_min)
+    if cfg.judge_filter.enabled:
+        batch.judge_score, batch.judge_grade, batch.pos_judge = _judge_arrays(cands, pos_ids, judged)
+    if cfg.modality.enabled:
+        mods = np.array([(doc_modality or {}).get(d) for d in cands.universe], dtype=object)
+        cand_mod = np.where(cands.doc >= 0, mods[np.where(cands.doc >= 0, cands.doc, 0)], None)
+        exp = np.array([(expected or {}).get(q) for q in bq], dtype=object)[:, None]
+        batch.wrong_modality = (cand_mod != exp) & (cands.doc >= 0)
+    return batch
 
 
 STATE_SCHEMA = pa.schema([
@@ -255,6 +282,14 @@ def _emit(acc: _Acc, b: Batch, sel: Selection, qids, texts, pos_ids, pos_pos, po
             acc.c1 += int(sel.modality_class[i, col]) == 1
             acc.c2 += int(sel.modality_class[i, col]) == 2
             policies.append(";".join(base_policy[:2] + extra + base_policy[2:]))
+        if cfg.judge_filter.enabled and cfg.judge_filter.unjudged == "keep":
+            # kept without a label: say so on the negative, and say when the beta rule had no positive
+            beta_skipped = bool(np.isnan(b.pos_judge[i]))
+            acc.beta_skipped += beta_skipped
+            for k, col in enumerate(cols):
+                unjudged = bool(np.isnan(b.judge_score[i, col]))
+                acc.unjudged_kept += unjudged
+                policies[k] += (";judge=unjudged" if unjudged else "") + (";beta=skipped" if beta_skipped else "")
         pscore = {p: (float(s) if np.isfinite(s) else None) for p, s in zip(pos_ids[i], pos_scores[i])}
         for p in pos_ids[i]:
             n = len(cols)

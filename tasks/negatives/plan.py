@@ -27,6 +27,10 @@ def plan_mining(cfg: NegativesConfig, max_positives: int) -> MiningPlan:
     if range_max is None:
         range_max = cfg.range_min + (cfg.num_negatives * 10 if filters else cfg.num_negatives) + max_positives
     depth = cfg.depth or range_max + max_positives
+    if cfg.judge_filter.enabled:
+        # the filter removes candidates the retriever ranks high: the window deepens, up to the cap,
+        # until num_negatives survive (only the candidates the window reaches are judged)
+        depth = max(depth, cfg.judge_filter.max_depth + max_positives)
     if cfg.modality.enabled:
         if cfg.modality.c2:
             depth = max(depth, cfg.modality.c2_band[1])
@@ -54,7 +58,7 @@ def policy_tokens(cfg: NegativesConfig, plan: MiningPlan) -> list[str]:
         t.append(f"min_score={cfg.min_score:g}")
     jf = cfg.judge_filter
     if jf.enabled:
-        t.append(f"judge_filter=beta:{jf.beta:g},grade<{jf.drop_grade}" + (",judged" if jf.require_judgment else ""))
+        t.append(f"judge_filter=beta:{jf.beta:g},grade<{jf.drop_grade},unjudged:{jf.unjudged},depth<={plan.depth}")
     t.append(f"sampling={cfg.sampling}" + (f":{cfg.seed}" if cfg.sampling == "random" else ""))
     return t
 

@@ -39,6 +39,16 @@ class Selection:
 
 def select(b: Batch, cfg: NegativesConfig, plan: MiningPlan) -> Selection:
     """Apply the policies in order; each filter counts the candidates it removed."""
+    elig, cls, removed, eligible = eligible_after(b, cfg)
+    position = np.cumsum(elig, axis=1) - 1
+    window = elig & (position >= plan.range_min) & (position < plan.range_max)
+    chosen = _sample(window, cfg, plan.num_negatives, b.cands.query_ids)
+    return Selection(chosen, cls, removed, eligible)
+
+
+def eligible_after(b: Batch, cfg: NegativesConfig, judge: bool = True) -> tuple[np.ndarray, np.ndarray, dict, int]:
+    """(eligible mask, modality class, removed per policy, candidates before any filter) after every
+    policy but the window; `judge=False` leaves the judge filter out (what the judge is asked about)."""
     c = b.cands
     B, K = c.shape
     valid = c.doc >= 0
@@ -69,10 +79,12 @@ def select(b: Batch, cfg: NegativesConfig, plan: MiningPlan) -> Selection:
         if cfg.min_score is not None:
             drop("min_score", s < np.float32(cfg.min_score))
         jf = cfg.judge_filter
-        if jf.enabled and b.judge_score is not None:
+        if jf.enabled and judge:
+            if b.judge_score is None:
+                raise ValueError("the judge filter is on but the batch carries no judge scores")
             drop("judge_score", b.judge_score > (b.pos_judge[:, None] - np.float32(jf.beta)))
             drop("judge_grade", b.judge_grade >= jf.drop_grade)
-            if jf.require_judgment:
+            if jf.unjudged != "keep":  # never let an unjudged candidate through silently
                 drop("unjudged", np.isnan(b.judge_score))
         cls = np.zeros((B, K), np.int8)
         if cfg.modality.enabled:
@@ -83,11 +95,7 @@ def select(b: Batch, cfg: NegativesConfig, plan: MiningPlan) -> Selection:
             c2 = (~b.wrong_modality & (c.rank >= lo) & (c.rank <= hi)) if cfg.modality.c2 else np.zeros((B, K), bool)
             cls = np.where(c1, 1, np.where(c2, 2, 0)).astype(np.int8)
             drop("modality", cls == 0)
-
-    position = np.cumsum(elig, axis=1) - 1
-    window = elig & (position >= plan.range_min) & (position < plan.range_max)
-    chosen = _sample(window, cfg, plan.num_negatives, c.query_ids)
-    return Selection(chosen, cls, removed, eligible)
+    return elig, cls, removed, eligible
 
 
 def _sample(window: np.ndarray, cfg: NegativesConfig, n: int, query_ids: list[str]) -> np.ndarray:

@@ -94,6 +94,12 @@ class Negatives(Stage):
         max_pos = max((len(v) for v in pos_map.values()), default=1)
         plan = plan_mining(cfg, max_pos)
         fp = self.fingerprint()
+        judging = {}
+        if cfg.judge_filter.enabled:  # judge what the filter needs first, through the judge stage
+            from tasks.negatives.judging import judge_what_mining_needs
+
+            judgments, judging = judge_what_mining_needs(inputs, self.config, queries, vecs, mi.positives, index,
+                                                         plan, judgments, lexical, documents)
 
         # what each query's negatives depend on, to compare with the previous run
         doc_modality = dict(zip(documents["doc_id"].to_pylist(), documents["modality"].to_pylist()))
@@ -136,7 +142,8 @@ class Negatives(Stage):
         identity = {"state": _state_hash(state), "candidates": cand_hash}
         report = res.report | {"mode": mode, "queries_total": len(qids), "queries_remined": len(todo),
                                "queries_reused": len(qids) - len(todo), "refresh": report_refresh,
-                               "index": index_ref.ref, "rows": negatives.num_rows, "negatives_dataset": neg_name}
+                               "index": index_ref.ref, "rows": negatives.num_rows, "negatives_dataset": neg_name,
+                               "judge_filter": judging}
         quarantined = [{"key": r["key"], "reason": r["reason"], "payload": r["payload"]} for r in res.quarantine.rows]
         return Assembled({neg_name: Output(negatives, {STATE_FILE: state_path}, manifest, identity),
                           cand_name: candidates}, state["query_id"].to_pylist(), quarantined, notes=report)

@@ -35,7 +35,8 @@ def target_fingerprints(cfg: QueriesConfig, prompts: dict | None = None) -> dict
     prompts = prompts or target_prompts(cfg)
     common = {"backend": cfg.backend, "model": cfg.model, "revision": cfg.revision, "dtype": cfg.dtype,
               "per_target": cfg.per_target, "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
-              "seed": cfg.seed if cfg.backend == "offline" else None}
+              "seed": cfg.seed if cfg.backend == "offline" else None,
+              "recipe": EXTRACTIVE if cfg.backend == "offline" else None}  # a new offline recipe regenerates
     return {t: fingerprint(common | {"target": t, "prompt_version": cfg.prompt_versions.get(t, "v1"),
                                      "prompt_sha256": prompts[t][1]}) for t in cfg.targets}
 

@@ -3,10 +3,12 @@
 Both are plain functions over arrays; the summarizer and the embedding function are passed in,
 so tests build trees in milliseconds with the offline summarizer and the stage plugs in an LLM.
 
-- Bottom-up: leaves are grouped into ceil(n/M) groups of ≤ M similar vectors, each group becomes
-  a node with a summary and a vector (the embedded summary, or the children's centroid), and the
-  new nodes are grouped again until ≤ M remain under the root. Metadata groups (e.g. passages of
-  one source document) may form the first level.
+- Bottom-up: leaves are grouped into balanced groups of similar vectors, each group becomes a
+  node with a summary and a vector (the embedded summary, the centroid of its documents, or
+  both), and the new nodes are grouped again until ≤ M remain under the root. The number of
+  groups per level spreads the fan-out evenly (`level_sizes`), so every node, the root included,
+  has about n^(1/height) ≤ M children. Metadata groups (e.g. passages of one source document)
+  may form the first level.
 - Top-down: each document gets keyword summaries from coarse to fine; at a node with more than M
   documents the coarsest level with more than M distinct summaries is clustered into ≤ M topics,
   documents follow their summary's topic (unassigned ones go to the nearest topic by
@@ -22,7 +24,7 @@ from typing import Callable, Literal, Sequence
 
 import numpy as np
 
-from tasks.tree.cluster import balanced_partition, groups_of_at_most, normalize
+from tasks.tree.cluster import balanced_partition, groups_of_at_most, level_sizes, normalize
 from tasks.tree.model import ROOT, Tree, internal_node_id, leaf_node_id
 from tasks.tree.summarize import SEP, Group, Summarizer, excerpt
 
@@ -34,7 +36,7 @@ EmbedFn = Callable[[Sequence[str]], np.ndarray]
 @dataclass(frozen=True)
 class BuildParams:
     max_branching: int = 10
-    node_vectors: Literal["summary", "centroid"] = "summary"
+    node_vectors: Literal["summary", "centroid", "both"] = "summary"
     leaf_chars: int = 1000
     seed: int = 0
 
@@ -44,15 +46,28 @@ def leaf_text(text: str | None, limit: int) -> str:
     return text[:limit] or "(no text)"
 
 
-def _node_vectors(tree: Tree, nodes: list[int], summaries: list[str], embed: EmbedFn | None,
-                  params: BuildParams, weights: np.ndarray) -> np.ndarray:
-    if params.node_vectors == "summary" and embed is not None:
-        return normalize(embed(summaries))
+LEAF_SAMPLE = 48  # documents per node the offline summarizer reads: the ones nearest the centroid
+
+
+def _leaf_centroids(tree: Tree, nodes: list[int]) -> tuple[np.ndarray, list[list[int]]]:
+    """The normalized mean of the document vectors under each node, and those leaves."""
     out = np.zeros((len(nodes), tree.dim), np.float32)
+    leaves = []
     for i, v in enumerate(nodes):
-        kids = tree.children[v]
-        out[i] = (tree.vectors[kids] * weights[kids, None]).sum(0)
-    return normalize(out)
+        under = tree.leaves_under(v)
+        leaves.append(under)
+        if under:
+            out[i] = tree.vectors[under].sum(0)
+    return normalize(out), leaves
+
+
+def _node_vectors(nodes: list[int], summaries: list[str], centroids: np.ndarray, embed: EmbedFn | None,
+                  params: BuildParams) -> np.ndarray:
+    """summary: the embedded summary; centroid: the documents' centroid; both: their normalized sum."""
+    if params.node_vectors == "centroid" or embed is None:
+        return centroids
+    summary = normalize(embed(summaries))
+    return summary if params.node_vectors == "summary" else normalize(summary + centroids)
 
 
 def _new_tree(tree_id: str, space: str, summarizer: Summarizer, params: BuildParams, dim: int) -> Tree:
@@ -76,12 +91,17 @@ def summarize_nodes(tree: Tree, nodes: list[int], summarizer: Summarizer, embed:
         return
     counts = leaf_counts if leaf_counts is not None else tree.n_leaves()
     weights = counts.astype(np.float32)
-    groups = [Group([tree.text[c] for c in tree.children[v]], tree.vectors[tree.children[v]],
-                    weights[tree.children[v]]) for v in nodes]
+    centroids, leaves = _leaf_centroids(tree, nodes)
+    groups = []
+    for v, c, under in zip(nodes, centroids, leaves):
+        kids = tree.children[v]
+        near = [under[i] for i in np.argsort(-(tree.vectors[under] @ c), kind="stable")[:LEAF_SAMPLE]] if under else []
+        groups.append(Group([tree.text[k] for k in kids], tree.vectors[kids], weights[kids],
+                            leaf_texts=[tree.text[u] for u in near]))
     summaries = summarizer.summarize(groups)
     for v, s in zip(nodes, summaries):
         tree.text[v] = s
-    tree.vectors[nodes] = _node_vectors(tree, nodes, summaries, embed, params, weights)
+    tree.vectors[nodes] = _node_vectors(nodes, summaries, centroids, embed, params)
 
 
 def build_bottom_up(tree_id: str, doc_ids: Sequence[str], texts: Sequence[str], vectors: np.ndarray,
@@ -95,9 +115,9 @@ def build_bottom_up(tree_id: str, doc_ids: Sequence[str], texts: Sequence[str], 
     if groups is not None:
         level = _metadata_level(tree, level, list(groups), summarizer, embed, params)
         depth = 1
-    while len(level) > M:
+    for size in level_sizes(len(level), M):
         depth += 1
-        parts = groups_of_at_most(tree.vectors[level], M, seed=params.seed + depth)
+        parts = balanced_partition(tree.vectors[level], size, seed=params.seed + depth)
         level = _make_parents(tree, level, parts, f"bu{depth}", summarizer, embed, params)
         log.info("bottom-up level %d: %d nodes", depth, len(level))
     for v in level:
@@ -216,7 +236,5 @@ def _finish_top_down(tree: Tree, titles: dict[int, str], summarizer: Summarizer,
         title = titles.get(v) or ", ".join(titles[c] for c in tree.children[v] if c in titles)[:200]
         ex = excerpt(tree.text[central])
         tree.text[v] = (title + SEP + ex) if title and ex else (title or ex or "(untitled)")
-    if params.node_vectors == "summary" and embed is not None:
-        tree.vectors[internal] = normalize(embed([tree.text[v] for v in internal]))
-    else:
-        tree.vectors[internal] = np.stack([centroid[v] for v in internal])
+    tree.vectors[internal] = _node_vectors(internal, [tree.text[v] for v in internal],
+                                           np.stack([centroid[v] for v in internal]), embed, params)

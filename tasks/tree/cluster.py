@@ -66,6 +66,32 @@ def groups_of_at_most(vectors: np.ndarray, max_size: int, seed: int = 0) -> list
     return balanced_partition(vectors, math.ceil(len(vectors) / max_size), seed)
 
 
+def level_sizes(n: int, max_branching: int) -> list[int]:
+    """Node counts of the levels between n leaves and the root, bottom first, for an even fan-out.
+
+    The tree needs h = ceil(log_M n) levels of internal nodes (the root included); spreading the
+    fan-out evenly over them gives b = n^(1/h) children per node at every level, the root
+    included, instead of M per node below and whatever is left (often 2) at the root. Each level
+    keeps at least ceil(previous/M) nodes, so no node has more than M children.
+    """
+    M = max_branching
+    if n <= M:
+        return []
+    h = 1
+    while M ** h < n:
+        h += 1
+    b = n ** (1.0 / h)
+    sizes, prev = [], n
+    for level in range(1, h):
+        size = max(math.ceil(prev / M), min(prev - 1, round(n / b ** level)))
+        sizes.append(size)
+        prev = size
+    while prev > M:  # rounding pushed the top level over M: one more level (never seen in practice)
+        prev = math.ceil(prev / M)
+        sizes.append(prev)
+    return sizes
+
+
 def kmeans_topics(vectors: np.ndarray, k: int, weights: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
     """Cluster label per row with scikit-learn k-means (k ≤ rows); labels are renumbered 0..k'-1."""
     from sklearn.cluster import KMeans

@@ -26,6 +26,7 @@ from tasks.corpus import captions_by_doc, document_text
 from tasks.runtime.accounting import Quarantine
 from tasks.runtime.ids import fingerprint
 from tasks.runtime.stage import KEY, UNIT, Assembled, Output, Read, Stage, Units, optional
+import tasks.tree.views  # noqa: F401 - the `tree_nodes` view follows the default tree in every catalog
 from tasks.tree import prompts
 from tasks.tree.build import BuildParams, EmbedFn, leaf_text, build_bottom_up, build_top_down
 from tasks.tree.insert import delete_documents, insert_documents
@@ -175,7 +176,7 @@ def build_or_refresh(cfg: TreeConfig, inputs: LeafInputs, previous: Previous | N
     """Build the tree, or refresh the previous one by insert and delete when its fingerprint matches."""
     started = time.perf_counter()
     fp = tree_fingerprint(cfg, inputs.space)
-    embed_fn = embed if cfg.node_vectors == "summary" else None
+    embed_fn = embed if cfg.node_vectors in ("summary", "both") else None
     notes: dict = {"fingerprint": fp, "space": inputs.space}
     tree = report = None
     if previous is not None and previous.fingerprint == fp:
@@ -191,7 +192,7 @@ def build_or_refresh(cfg: TreeConfig, inputs: LeafInputs, previous: Previous | N
     problems = check_invariants(tree, inputs.doc_ids)
     if problems:
         raise AssertionError(f"tree '{cfg.name}' is malformed: " + "; ".join(problems[:5]))
-    nodes, node_vectors = tree.to_tables("summary" if cfg.node_vectors == "summary" else "centroid")
+    nodes, node_vectors = tree.to_tables(cfg.node_vectors)
     embedded = (report.touched if report else _internal(nodes)) if embed_fn else 0
     notes |= {"nodes": nodes.num_rows, "height": tree.height(), "summarizer": tree.summarizer,
               "summarizer_failures": summarizer.stats["failures"], "seconds": round(time.perf_counter() - started, 3)}
@@ -273,7 +274,7 @@ def embedder_for(space: str, encoders: list[TextEncoder]):
     """The in-process text encoder whose space is `space` (summary vectors and queries share it)."""
     from tasks.backends.embedders import local_text_embedder, text_space
 
-    base = space.split("+centroid")[0]
+    base = space.removesuffix("+centroid").removesuffix("+both")
     for enc in encoders + [TextEncoder()]:
         if text_space(enc) == base:
             return local_text_embedder(enc.model_dump_json())
@@ -313,7 +314,7 @@ class TreeStage(Stage):
         if not leaves.doc_ids:
             return Assembled({}, [], quarantined, notes={"mode": "skipped", "reason": "no document has a text vector"})
         embed = None
-        if cfg.node_vectors == "summary" and emb.num_rows:
+        if cfg.node_vectors in ("summary", "both") and emb.num_rows:
             embed = embedder_for(emb["space"][0].as_py(), [self.config.embed.text]).embed
         prev_nodes, prev_vecs = inputs.previous(nodes_dataset(cfg.name)), inputs.previous(vectors_dataset(cfg.name))
         previous = None

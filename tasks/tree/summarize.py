@@ -29,18 +29,23 @@ from tasks.tree.cluster import kmeans_topics, normalize
 
 log = logging.getLogger(__name__)
 
-OFFLINE_NAME = "offline-extractive@v1"
+OFFLINE_NAME = "offline-extractive@v2"  # v2: keyphrases of the documents beneath a node
 SEP = " — "  # between a summary's keyphrases and its central excerpt
 KEYWORD_LEVELS = (1, 3, 6)  # keyphrases per level of the top-down keyword summaries
+TERM_CACHE = 200_000  # texts whose term sets are remembered
 
 
 @dataclass
 class Group:
-    """Members of one node: their texts, vectors and how many documents each stands for."""
+    """Members of one node: their texts, vectors and how many documents each stands for, plus
+    the texts of the documents beneath it nearest its centroid (what an offline summary reads,
+    so that a node high in the tree is described by its documents, not by its children's
+    summaries)."""
 
     texts: list[str]
     vectors: np.ndarray
     weights: np.ndarray | None = None
+    leaf_texts: list[str] | None = None
 
 
 class Summarizer(Protocol):
@@ -72,6 +77,16 @@ class TermStats:
         self.stop = ENGLISH_STOP_WORDS
         self.df: Counter = Counter()
         self.n_docs = 0
+        self._sets: dict[str, frozenset] = {}
+
+    def term_set(self, text: str) -> frozenset:
+        """The distinct terms of a text, remembered (a document is read once per tree level)."""
+        got = self._sets.get(text)
+        if got is None:
+            if len(self._sets) >= TERM_CACHE:
+                self._sets.clear()
+            got = self._sets[text] = frozenset(self.terms(text))
+        return got
 
     def terms(self, text: str) -> list[str]:
         """Unigrams and bigrams of adjacent words, never across punctuation or a stop word, so
@@ -136,7 +151,7 @@ def excerpt(text: str, max_chars: int = 160) -> str:
 
 
 class ExtractiveSummarizer:
-    """Offline summaries: distinctive keyphrases by c-TF-IDF and the most central member text."""
+    """Offline summaries: distinctive keyphrases by c-TF-IDF and the most central document's text."""
 
     name = OFFLINE_NAME
 
@@ -163,7 +178,7 @@ class ExtractiveSummarizer:
         for i, t in enumerate(texts):
             w = 1.0 if weights is None else float(weights[i])
             total += w
-            for term in set(self.term_stats.terms(t)):
+            for term in self.term_stats.term_set(t):
                 cov[term] += w
         if total <= 0:
             return []
@@ -182,14 +197,19 @@ class ExtractiveSummarizer:
         return _pick(scored, k)
 
     def summarize_one(self, g: Group) -> str:
+        """Keyphrases of the documents beneath the node, then the start of the most central one."""
         texts = [t for t in g.texts]
         if not texts:
             return "(empty)"
-        weights = g.weights if g.weights is not None else np.ones(len(texts))
-        keys = self.keyphrases(texts, weights)
-        vecs = normalize(g.vectors)
-        centre = normalize((vecs * np.asarray(weights, np.float32)[:, None]).sum(0))
-        central = texts[int(np.argmax(vecs @ centre))]
+        if g.leaf_texts:
+            keys = self.keyphrases(g.leaf_texts)
+            central = g.leaf_texts[0]
+        else:
+            weights = g.weights if g.weights is not None else np.ones(len(texts))
+            keys = self.keyphrases(texts, weights)
+            vecs = normalize(g.vectors)
+            centre = normalize((vecs * np.asarray(weights, np.float32)[:, None]).sum(0))
+            central = texts[int(np.argmax(vecs @ centre))]
         ex = excerpt(central)
         if keys and ex:
             return ", ".join(keys) + SEP + ex

@@ -1,0 +1,172 @@
+"""False negatives of hard negative mining on LLMJudge: cosine-only windows and margins against the
+judge filter with a trained cross-encoder judge, at the yield of `top`.
+
+    .venv/bin/python -m infra.bench.eval_mining_llmjudge [--workdir DIR] [--judge llmjudge-human-odd]
+
+The corpus is the LLMJudge passages (de-duplicated by text, as the corpus stores them), the
+queries the even-numbered test queries (the judge was trained on the odd ones), each with one
+known positive: a human grade-3 passage, picked by a hash of its id (not by the retriever). A
+mined negative is a false negative when humans graded it >= 2 (unjudged passages count as not
+relevant, as in TREC). Every configuration mines `--negatives` per query with MiniLM from a FAISS
+flat index through the negatives package; a cosine-only configuration competes only when it
+yields as many negatives as `top`. The judge filter runs as the negatives stage runs it: the
+judge stage grades exactly the pairs the filter needs (tasks.negatives.judging), here with the
+trained judge from infra/bench/eval_judge_llmjudge.py (run that first; it fills --workdir).
+Prints a table and `BENCH mining_llmjudge ...`.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT.parent / "shared" / "data" / "llmjudge" / "data"
+
+
+def corpus():
+    """Canonical passages (one id per distinct text), human grades on them, topics."""
+    from infra.bench.eval_tree_llmjudge import load
+
+    ids, texts, _, _ = load()
+    canonical: dict[str, str] = {}
+    alias = {d: canonical.setdefault(t, d) for d, t in zip(ids, texts)}
+    grades: dict[tuple[str, str], int] = {}
+    for line in open(DATA / "llmjudge_test_qrel_idx.txt"):
+        q, _, d, g = line.split()
+        grades[(q, alias[d])] = max(grades.get((q, alias[d]), 0), int(g))
+    topics = dict(line.rstrip("\n").split("\t", 1) for line in open(DATA / "llm4eval_query_2024.txt") if line.strip())
+    return ids, texts, canonical, grades, topics
+
+
+def known_positive(q: str, docs: list[str]) -> str:
+    return min(docs, key=lambda d: hashlib.sha256(f"{q}/{d}".encode()).hexdigest())
+
+
+def false_negative_rate(negatives: pa.Table, grades: dict) -> tuple[float, int, int]:
+    """(share of mined negatives humans graded >= 2, how many, of how many)."""
+    got = [grades.get((q, d), 0) for q, d in zip(negatives["query_id"].to_pylist(), negatives["neg_doc_id"].to_pylist())]
+    bad = sum(g >= 2 for g in got)
+    return (bad / len(got) if got else float("nan")), bad, len(got)
+
+
+def cosine_only_configs(n: int) -> dict[str, dict]:
+    out = {"top": {}}
+    out |= {f"window {m}-{m + n}": {"range_min": m} for m in (5, 10, 20, 30, 40, 50, 75, 100, 150)}
+    out |= {f"absolute margin {m:g}": {"absolute_margin": m, "range_max": 300} for m in (0.02, 0.05, 0.1, 0.15, 0.2, 0.3)}
+    out |= {f"relative margin {r:g}": {"relative_margin": r, "range_max": 300} for r in (0.05, 0.1, 0.2, 0.3, 0.4)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workdir", default=str(ROOT / ".corpusforge" / "eval-llmjudge"))
+    ap.add_argument("--judge", default="llmjudge-human-odd", help="a trained judge in the workdir's catalog")
+    ap.add_argument("--negatives", type=int, default=5)
+    ap.add_argument("--split", default="even", choices=["even", "odd", "all"], help="the queries mined")
+    args = ap.parse_args(argv)
+
+    from infra.bench.eval_queries_llmjudge import flat_index
+    from infra.bench.eval_tree_llmjudge import embed_passages
+    from schemas.config import NegativesConfig, catalog_config
+    from schemas.tables import DOCUMENTS
+    from tasks.backends.embedders import minilm
+    from tasks.judge.train import in_split
+    from tasks.negatives.judging import judge_what_mining_needs
+    from tasks.negatives.mine import mine
+    from tasks.negatives.plan import plan_mining
+    from tasks.runtime.catalog import Catalog
+    from tasks.runtime.inputs import Inputs
+    from tasks.runtime.lifecycle import open_run
+    from tasks.runtime.storage import DataRoot
+    from tasks.runtime.write import seed
+
+    ids, texts, canonical, grades, topics = corpus()
+    embedder = minilm()
+    all_vecs = embed_passages(texts, embedder)
+    row = {d: i for i, d in enumerate(ids)}
+    doc_ids = list(canonical.values())
+    index = flat_index(all_vecs[[row[d] for d in doc_ids]], doc_ids, embedder.name)
+    qids = sorted({q for q, _ in grades if in_split(q, args.split)}, key=lambda q: int(q[1:]))
+    by_q = defaultdict(list)
+    for (q, d), g in grades.items():
+        if g == 3:
+            by_q[q].append(d)
+    qids = [q for q in qids if by_q[q]]
+    positives = pa.table({"query_id": qids, "doc_id": [known_positive(q, sorted(by_q[q])) for q in qids]})
+    queries = pa.table({"query_id": qids, "text": [topics[q] for q in qids]})
+    qvecs = embedder.embed(queries["text"].to_pylist())
+    n = args.negatives
+    print(f"# {len(doc_ids)} passages, {len(qids)} {args.split} queries, one grade-3 positive each, {n} negatives",
+          flush=True)
+
+    rows = []
+    for label, over in cosine_only_configs(n).items():
+        res = mine(queries, qvecs, positives, index, NegativesConfig(num_negatives=n, **over))
+        rate, bad, total = false_negative_rate(res.negatives, grades)
+        rows.append((label, rate, bad, total))
+    top_yield = rows[0][3]
+    eligible = [r for r in rows[1:] if r[3] == top_yield]
+    best = min(eligible, key=lambda r: r[1]) if eligible else None
+
+    # the judge filter, judging through the judge stage into the workdir's catalog
+    work = Path(args.workdir)
+    base = catalog_config(work / "catalog.duckdb")
+    catalog = Catalog(base.catalog_path)
+    if catalog.current(f"judge_models/{args.judge}") is None:
+        raise SystemExit(f"no trained judge '{args.judge}' in {base.catalog_path}: run "
+                         "`python -m infra.bench.eval_judge_llmjudge` first")
+    if catalog.current("documents") is None:
+        docs = pa.Table.from_pylist([{"doc_id": d, "modality": "text", "text": t, "source": "llmjudge",
+                                      "source_id": d} for t, d in canonical.items()], schema=DOCUMENTS)
+        seed(catalog, DataRoot(base.data_root_uri), "documents", docs)
+    judged_rows = {}
+    for label, judge in (("judge filter, trained cross-encoder", {"backend": "cross_encoder", "model": args.judge}),
+                         ("judge filter, cosine judge (offline)", {"backend": "offline"})):
+        cfg = base.model_copy(update={
+            "judge": base.judge.model_copy(update=judge | {"local_below": 10 ** 6}),
+            "negatives": NegativesConfig(num_negatives=n, judge_filter={"enabled": True})})
+        t0 = time.perf_counter()
+        with open_run(cfg, "eval-mining", quiet=True) as run:
+            inputs = Inputs(cfg, run=run)
+            plan = plan_mining(cfg.negatives, 1)
+            judgments, report = judge_what_mining_needs(inputs, cfg, queries, qvecs, positives, index, plan, None)
+        res = mine(queries, qvecs, positives, index, cfg.negatives, judgments=judgments)
+        rate, bad, total = false_negative_rate(res.negatives, grades)
+        judged_rows[label] = (rate, bad, total, report, res.report["queries_short"], time.perf_counter() - t0)
+    # the human labels themselves as the judge: what a perfect judge would do
+    human = pa.table({"query_id": [q for q, _ in grades], "doc_id": [d for _, d in grades],
+                      "judge": ["human"] * len(grades), "grade": pa.array(list(grades.values()), pa.int8()),
+                      "expected_grade": pa.array([None] * len(grades), pa.float32()), "status": ["ok"] * len(grades)})
+    oracle = mine(queries, qvecs, positives, index,
+                  NegativesConfig(num_negatives=n, judge_filter={"enabled": True, "unjudged": "keep"}), judgments=human)
+    o_rate, o_bad, o_total = false_negative_rate(oracle.negatives, grades)
+
+    print()
+    print("| mining | negatives | false negatives (human grade >= 2) | rate |")
+    print("|---|---|---|---|")
+    for label, rate, bad, total in rows:
+        mark = " (best cosine-only at the yield of top)" if best and label == best[0] else ""
+        print(f"| {label}{mark} | {total} | {bad} | {rate:.3f} |")
+    for label, (rate, bad, total, report, short, secs) in judged_rows.items():
+        print(f"| {label} ({report['pairs_asked']} pairs judged in {report['rounds']} rounds, {secs:.0f}s) | {total} | "
+              f"{bad} | {rate:.3f} |")
+    print(f"| judge filter, human labels (oracle) | {o_total} | {o_bad} | {o_rate:.3f} |")
+    trained = judged_rows["judge filter, trained cross-encoder"]
+    print(f"BENCH mining_llmjudge top_fn_rate={rows[0][1]:.4f} best_cosine_fn_rate={best[1] if best else float('nan'):.4f} "
+          f"best_cosine={json.dumps(best[0] if best else None).replace(' ', '_')} judge_fn_rate={trained[0]:.4f} "
+          f"judge_yield={trained[2]} top_yield={top_yield} "
+          f"ratio_judge_vs_best_cosine={trained[0] / best[1] if best and best[1] else float('nan'):.3f} "
+          f"cosine_judge_fn_rate={judged_rows['judge filter, cosine judge (offline)'][0]:.4f} "
+          f"oracle_fn_rate={o_rate:.4f} pairs_judged={trained[3]['pairs_asked']} queries={len(qids)}")
+    return {"rows": rows, "best": best, "judged": judged_rows, "oracle": o_rate}
+
+
+if __name__ == "__main__":
+    main()
