@@ -66,6 +66,8 @@ class IngestConfig(Strict):
     max_image_pixels: int = Field(64_000_000, gt=0, description="decompression-bomb cap")
     image_formats: list[str] = ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]
     max_text_chars: int = Field(200_000, gt=0)
+    chunk_records: int = resource(20_000, ge=1, description="raw records read, checked and carried over as "
+                                  "one chunk (bounds the flow's memory; an unchanged chunk is not re-checked)")
 
 
 class TextEncoder(Strict):

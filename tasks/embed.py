@@ -86,11 +86,10 @@ class _Embed(Stage):
         return "delta", None
 
     def units(self, inputs):
-        import duckdb
+        from tasks.runtime.versions import scratch_db
 
         fp = self.work_fingerprint()
-        self._db = db = duckdb.connect()
-        db.execute("SET preserve_insertion_order = false")
+        self._db = db = scratch_db()
         db.execute("CREATE TABLE seen (item_kind VARCHAR, item_id VARCHAR, content_sha256 VARCHAR)")
         prev = inputs.previous_ref(self.dataset)
         self._prev = prev is not None and inputs.run is not None

@@ -23,9 +23,14 @@ TREC_EVAL = SHARED_DATA / "trec_eval-tests"
 SAMPLE_CONFIG = REPO / "infra" / "configs" / "sample.yaml"
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "stops_ray: runs `ray stop`, which ends every Ray on the machine (run last)")
+
+
 def pytest_collection_modifyitems(config, items):
     if not SHARED_DATA.exists():
         raise pytest.UsageError(f"tests need the shared data beside the repo at {SHARED_DATA}")
+    items.sort(key=lambda item: item.get_closest_marker("stops_ray") is not None)  # stable: the rest keep order
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +42,7 @@ def ray_local():
 
     if not ray.is_initialized():
         ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+                 configure_logging=False, _node_ip_address="127.0.0.1")
     _quiet_ray_data()
     yield ray
     ray.shutdown()

@@ -141,3 +141,53 @@ def test_sample_corpus_mix_and_quarantine():
     assert all(("Attribution License" in l or "Attribution-ShareAlike License" in l) for l in attribution[1:])
     coco_images = [d for d in docs.to_pylist() if d["image_uri"] and d["source"].startswith("coco_captions")]
     assert len(coco_images) == 16 and all(d["alt_text"] for d in coco_images)  # COCO images carry their first caption as alt-text
+
+
+def _manifest(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_ingest_streams_chunks_and_a_refresh_rechecks_only_the_changed_ones(tmp_path):
+    """Chunks of `chunk_records` records: an unchanged chunk is carried over unchecked, a changed
+    one is re-checked and upserted, and the documents no chunk gives any more become deletions."""
+    from schemas.config import config_from_dict
+    from tasks.ingest.stage import Ingest
+    from tasks.runtime import versions
+    from tasks.runtime.catalog import Catalog
+    from tasks.runtime.publish import read
+    from tests.stages import run_one
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    rows = [{"id": f"d{i}", "text": f"Note {i}: the harbour crane lifts container {i}."} for i in range(12)]
+    _manifest(root / "docs.jsonl", rows[:10])
+    cfg = config_from_dict({"name": "chunks", "workdir": str(tmp_path / "work"), "ingest": {"chunk_records": 4},
+                            "corpus": {"root": str(root), "sources": [{"kind": "manifest", "path": "docs.jsonl"}]}})
+    refs, first = run_one(cfg, Ingest(cfg))
+    assert refs["documents"].row_count == 10
+    assert (first["notes"]["chunks"], first["notes"]["chunks_carried"]) == (3, 0)
+
+    # two lines more, one of them a duplicate text under a new id and one clashing with an old id
+    _manifest(root / "docs.jsonl", rows[:10] + [rows[10], {"id": "d-copy", "text": rows[1]["text"]},
+                                               {"id": "d2", "text": "Another text claiming the id d2."}])
+    refs, second = run_one(cfg, Ingest(cfg))
+    assert (second["notes"]["chunks"], second["notes"]["chunks_carried"]) == (4, 2)  # the first 8 lines
+    assert refs["documents"].row_count == 11
+    stage = Catalog(cfg.catalog_path).query("SELECT * FROM stage_runs ORDER BY started_at DESC LIMIT 1").to_pylist()[0]
+    assert (stage["rows_in"], stage["cache_hits"]) == (13, 8)
+    assert (stage["rows_out"], stage["rows_deduplicated"], stage["rows_quarantined"]) == (11, 1, 1)
+    reasons = Catalog(cfg.catalog_path).query("SELECT reason FROM quarantine WHERE key LIKE 'docs.jsonl:13'")
+    assert "duplicate id 'd2'" in reasons.column(0)[0].as_py()  # d2 lives in a carried chunk
+    lance = versions.open_dataset(str(tmp_path / "work" / "data" / "documents.lance"))
+    assert lance.versions()[-1]["version"] > 1
+
+    # the last lines go: their documents are deleted, the carried chunks are untouched
+    _manifest(root / "docs.jsonl", rows[:9])
+    refs, third = run_one(cfg, Ingest(cfg))
+    docs = read(Catalog(cfg.catalog_path), Catalog(cfg.catalog_path).data_root(), "documents")
+    assert sorted(docs["source_id"].to_pylist()) == sorted(f"d{i}" for i in range(9))
+    assert third["notes"]["chunks_carried"] == 2 and third["notes"]["deleted"] == 2
+
+    # no change: nothing re-checked, nothing published
+    again, fourth = run_one(cfg, Ingest(cfg))
+    assert again["documents"].version == refs["documents"].version and fourth["notes"]["chunks_carried"] == 3

@@ -134,3 +134,22 @@ def test_cli_search_prints_ranking_with_paths(store, capsys):
     assert "documents" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no tree named 'nope'"):
         main(["search", "q", "--catalog", ctx.config.catalog_path, "--tree", "nope"])
+
+
+def test_a_large_tree_is_built_in_a_ray_task_and_equals_the_in_process_build(ray_local, tmp_path, minilm):
+    """tree.task.local_below 0 sends the build to a Ray task: same nodes, peak memory recorded."""
+    ids, texts, vecs, _, _ = llmjudge_slice()
+    built = {}
+    for where, below in (("task", 0), ("flow", 10**9)):
+        work = tmp_path / where
+        cfg = config_from_dict({"name": "treetask", "corpus": {"root": str(work), "sources": [{"kind": "manifest",
+                                "path": "x"}]}, "workdir": str(work),
+                                "tree": {"max_branching": 8, "task": {"local_below": below}}})
+        ctx = Ctx(cfg)
+        d, e = _publish_corpus(ctx, ids[:120], texts[:120], vecs[:120], minilm.name)
+        _, summary = run_one(ctx.config, TreeStage(ctx.config))
+        assert summary["memory"]["where"] == ("ray task" if where == "task" else "flow process")
+        assert summary["memory"]["peak_mb"] > 0
+        nodes = read(ctx.catalog, ctx.root, "tree_nodes/default").sort_by("node_id")
+        built[where] = nodes.select(["node_id", "parent_id", "is_leaf", "doc_id", "summary"]).to_pylist()
+    assert built["task"] == built["flow"]

@@ -23,10 +23,23 @@ DOC_COLUMNS = [f.name for f in DOCUMENTS if f.name not in ("source", "source_id"
 CHECKED = pa.schema([f for f in DOCUMENTS if f.name in DOC_COLUMNS])
 
 
+STATE_FILE = "ingest_state.parquet"  # chunk -> the documents (and source ids) it gave, kept with the version
+UNITS = pa.schema([(UNIT, pa.string()), (KEY, pa.string()), ("source", pa.string()), ("source_id", pa.string()),
+                   ("record", pa.string())])
+
+
 class Ingest(Stage):
+    """A streaming stage: the sources are read in chunks of `ingest.chunk_records` raw records. A
+    chunk whose records (and the size and mtime of the images they name) are those of a chunk of the
+    current version is carried over without a check; the others are checked and their documents
+    upserted by doc_id; documents no chunk gives any more become deletions of the next version.
+    Duplicate and clashing ids are found across chunks through a DuckDB table, never a Python dict
+    of the corpus."""
+
     name = "ingest"
     section = "ingest"
     writes = ("documents",)
+    incremental = True
     description = "check, identify and deduplicate the configured sources"
 
     def fingerprint(self) -> str:
@@ -36,23 +49,73 @@ class Ingest(Stage):
         sources = [s.model_dump(mode="json") for s in self.config.corpus.sources] if self.config.corpus else []
         return fingerprint({"stage": self.name, "section": fingerprint_fields(self.cfg), "sources": sources})
 
-    def units(self, inputs) -> Units:
+    def output_mode(self, name: str):
+        return "upsert", ["doc_id"]
+
+    def units(self, inputs):
+        from tasks.runtime.versions import scratch_db
+
         root = inputs.corpus_root
         if not root.is_dir():
             raise FileNotFoundError(f"corpus root {root} does not exist or is not a folder")
-        rows, seen = [], {}
-        for rec in read_sources(root, self.config.corpus.sources):
-            uid = rec.key
-            if uid in seen:  # two sources may name the same file: keep both, distinctly
-                seen[uid] += 1
-                uid = f"{rec.key}#{seen[uid]}"
-            else:
-                seen[uid] = 1
-            rows.append({UNIT: uid, KEY: uid, "source": rec.source, "source_id": rec.source_id,
-                         "record": _record_json(rec)})
-        schema = pa.schema([(UNIT, pa.string()), (KEY, pa.string()), ("source", pa.string()),
-                            ("source_id", pa.string()), ("record", pa.string())])
-        return Units(pa.Table.from_pylist(rows, schema=schema))
+        self._db = db = scratch_db()
+        db.execute("CREATE TABLE seen (chunk VARCHAR, doc_id VARCHAR, source_id VARCHAR, produced BOOLEAN)")
+        carried: set[str] = set()
+        state = self._previous_state(inputs)
+        if state is not None:
+            db.execute(f"CREATE TABLE prev AS SELECT * FROM read_parquet({_sql_str(state)})")
+            known = {r[0] for r in db.execute("SELECT DISTINCT chunk FROM prev").fetchall()}
+            carried = known & {key for key, _ in self._chunks(root, keep_rows=False)}
+            db.register("carried", pa.table({"chunk": pa.array(sorted(carried), pa.string())}))
+            db.execute("INSERT INTO seen SELECT * FROM prev SEMI JOIN carried USING (chunk)")
+            db.unregister("carried")
+        self._notes = {"chunks": 0, "chunks_carried": len(carried)}
+        return self._stream(root, carried)
+
+    def _stream(self, root: Path, carried: set[str]):
+        for key, rows in self._chunks(root):
+            self._notes["chunks"] += 1
+            self._chunk = None if key in carried else key
+            if key in carried:
+                kept = self._db.execute("SELECT count(*) FROM seen WHERE chunk = ? AND produced", [key]).fetchall()[0][0]
+                yield Units(UNITS.empty_table(), kept=kept)
+                continue
+            yield Units(pa.Table.from_pylist(rows, schema=UNITS))
+
+    def _chunks(self, root: Path, keep_rows: bool = True):
+        """(chunk key, unit rows) per chunk of each source's records, in order."""
+        import hashlib
+
+        size, fp, listed = self.cfg.chunk_records, self.fingerprint(), {}
+        for src in self.config.corpus.sources:
+            repeat = listed[src.path] = listed.get(src.path, 0) + 1  # a source listed twice: distinct units
+            rows, h, n, in_chunk = [], None, 0, {}
+            for rec in read_sources(root, [src]):
+                if h is None:
+                    h = hashlib.sha256(f"{fp}\0{src.path}\0{repeat}".encode())
+                uid = rec.key if repeat == 1 else f"{rec.key}#{repeat}"
+                if uid in in_chunk:  # one file named twice in a source (a COCO image listed twice)
+                    in_chunk[uid] += 1
+                    uid = f"{uid}#{in_chunk[uid]}"
+                else:
+                    in_chunk[uid] = 1
+                record = _record_json(rec)
+                h.update(f"\0{uid}\0{record}\0{_image_stamp(root, rec.image)}".encode("utf-8", "surrogatepass"))
+                if keep_rows:
+                    rows.append({UNIT: uid, KEY: uid, "source": rec.source, "source_id": rec.source_id,
+                                 "record": record})
+                n += 1
+                if n == size:
+                    yield h.hexdigest(), rows
+                    rows, h, n, in_chunk = [], None, 0, {}
+            if n:
+                yield h.hexdigest(), rows
+
+    def _previous_state(self, inputs) -> str | None:
+        ref = inputs.previous_ref("documents")
+        if ref is None or inputs.root is None or inputs.run is None:
+            return None
+        return inputs.attachment(ref, STATE_FILE)
 
     def payload(self, unit: dict) -> dict:
         return payload(unit)
@@ -62,11 +125,23 @@ class Ingest(Stage):
                     ["record"], CHECKED, Resources(where="local", batch_size=256, uses_gpu=False), cached=False, model=False)
 
     def assemble(self, inputs, units: pa.Table, results: pa.Table | None) -> Assembled:
+        """One chunk: documents, clashing source ids and duplicates, against every earlier chunk too."""
+        if self._chunk is None:  # a carried chunk: nothing to assemble
+            return Assembled({}, [])
         checked = {} if results is None else {r[KEY]: r for r in results.to_pylist()}
+        unit_rows = units.to_pylist()
+        db = self._db
+        db.register("chunk_ids", pa.table({
+            "doc_id": pa.array([checked[u[KEY]]["doc_id"] for u in unit_rows], pa.string()),
+            "source_id": pa.array([u["source_id"] for u in unit_rows], pa.string())}))
+        known_docs = {r[0] for r in db.execute("SELECT DISTINCT doc_id FROM seen SEMI JOIN chunk_ids USING (doc_id) "
+                                               "WHERE produced").fetchall()}
+        by_source_id = dict(db.execute("SELECT source_id, min(doc_id) FROM seen SEMI JOIN chunk_ids USING (source_id) "
+                                       "GROUP BY source_id").fetchall())
+        db.unregister("chunk_ids")
         docs: dict[str, dict] = {}
-        by_source_id: dict[str, str] = {}
-        produced, dedup, quarantined = [], [], []
-        for u in units.to_pylist():
+        produced, dedup, quarantined, seen = [], [], [], []
+        for u in unit_rows:
             doc = checked[u[KEY]]
             sid = u["source_id"]
             if sid is not None:
@@ -75,13 +150,61 @@ class Ingest(Stage):
                     quarantined.append({"key": u[UNIT], "reason": f"duplicate id {sid!r} with different content "
                                         f"(first seen as document {first})", "payload": payload(u)})
                     continue
-            if doc["doc_id"] in docs:
+            if doc["doc_id"] in docs or doc["doc_id"] in known_docs:
                 dedup.append(u[UNIT])
+                seen.append((doc["doc_id"], sid, False))
                 continue
             docs[doc["doc_id"]] = {k: doc[k] for k in DOC_COLUMNS} | {"source": u["source"], "source_id": sid}
             produced.append(u[UNIT])
+            seen.append((doc["doc_id"], sid, True))
+        if not seen:
+            seen.append((None, None, False))  # the chunk is known even when nothing of it became a document
+        db.register("chunk_seen", pa.table({"chunk": pa.array([self._chunk] * len(seen), pa.string()),
+                                            "doc_id": pa.array([s[0] for s in seen], pa.string()),
+                                            "source_id": pa.array([s[1] for s in seen], pa.string()),
+                                            "produced": pa.array([s[2] for s in seen], pa.bool_())}))
+        db.execute("INSERT INTO seen SELECT * FROM chunk_seen")
+        db.unregister("chunk_seen")
         table = pa.Table.from_pylist(list(docs.values()), schema=DOCUMENTS)
         return Assembled({"documents": table}, produced, quarantined, dedup)
+
+    def finish(self, inputs) -> dict:
+        """The documents no chunk gives any more (deletions) and the chunk state of the new version."""
+        import tempfile
+
+        db = getattr(self, "_db", None)
+        if db is None:
+            return {}
+        try:
+            deleted = []
+            if inputs.previous_ref("documents") is not None and inputs.root is not None:
+                reader = inputs.previous_dataset("documents").scanner(
+                    columns=["doc_id"], with_row_address=True, batch_size=65_536).to_reader()
+                db.register("prev_docs", reader)
+                deleted = db.execute("SELECT _rowaddr FROM prev_docs ANTI JOIN (SELECT doc_id FROM seen WHERE "
+                                     "produced) USING (doc_id)").fetchnumpy()["_rowaddr"].tolist()
+            state = os.path.join(tempfile.mkdtemp(prefix="corpusforge-ingest-"), STATE_FILE)
+            db.execute(f"COPY (SELECT * FROM seen ORDER BY chunk, doc_id) TO {_sql_str(state)} (FORMAT parquet)")
+            notes = self._notes | {"deleted": len(deleted)}
+            return {"documents": {"deleted": deleted, "attachments": {STATE_FILE: state}}, "notes": notes}
+        finally:
+            db.close()
+            self._db = None
+
+
+def _image_stamp(root: Path, image) -> str:
+    """What a chunk's key knows of an image file without reading it: size and modification time."""
+    if not isinstance(image, str) or not image:
+        return ""
+    try:
+        st = os.stat(root / image)
+    except (OSError, ValueError):
+        return "missing"
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _sql_str(path: str) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
 
 
 class RecordCheck:

@@ -72,14 +72,11 @@ def suite_fingerprint(name: str, extra: list[dict] | None) -> str:
 def publish(catalog: Catalog, root: DataRoot, name: str, output: Output | pa.Table, *,
             parents: list[DatasetVersion] = (), run_id: str | None = None, stage: str | None = None,
             fingerprint: str | None = None, extra_expectations: list[dict] | None = None) -> PublishResult:
-    import duckdb
-
     out = output if isinstance(output, Output) else Output(output)
     current = catalog.current(name)
     cur_ds = _open_current(root, current) if current is not None else None
-    con = duckdb.connect()
+    con = versions.scratch_db()
     try:
-        con.execute("SET preserve_insertion_order = false")
         schema = _source(con, name, out, root, cur_ds)
         if cur_ds is not None and cur_ds.schema.remove_metadata() != schema.remove_metadata():
             cur_ds = None  # the contract changed (a new embedding dimension): a fresh version, not a diff
@@ -205,10 +202,13 @@ def _plan(con, name: str, schema: pa.Schema, cur_ds, mode: str, out: Output) -> 
     con.execute(f"CREATE TEMP TABLE src_h AS SELECT {k}, {_hash(cols)} AS __h FROM src")
     con.execute(f"CREATE TEMP VIEW added AS SELECT * EXCLUDE (__h) FROM (SELECT *, {_hash(cols)} AS __h FROM src) "
                 f"ANTI JOIN cur_h USING ({k}, __h)")
-    if mode == "upsert":
+    if mode == "upsert":  # rows of the same key are replaced; `deleted` names rows that are gone
         u = ", ".join(quote_ident(c) for c in (out.upsert_keys or keys))
         sql = (f"SELECT _rowaddr FROM (SELECT * FROM cur_h SEMI JOIN src_h USING ({u})) "
                f"ANTI JOIN src_h USING ({k}, __h)")
+        if out.deleted:
+            con.register("gone", pa.table({"_rowaddr": pa.array(out.deleted, pa.uint64())}))
+            sql = f"SELECT DISTINCT _rowaddr FROM ({sql} UNION ALL SELECT _rowaddr FROM gone)"
     else:
         sql = f"SELECT _rowaddr FROM cur_h ANTI JOIN src_h USING ({k}, __h)"
     return con.execute(sql).fetchnumpy()["_rowaddr"].tolist()

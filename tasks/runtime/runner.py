@@ -275,7 +275,7 @@ def _execute_chunks(stage: Stage, inputs: Inputs, chunks, cache, progress, stagi
         parts = staging.parts(name)
         if parts or extra.get("deleted") or mode == "replace" or inputs.previous_ref(name) is None:
             total.tables[name] = Output(parts=parts, mode=mode, upsert_keys=keys, deleted=extra.get("deleted", []),
-                                        meta=extra.get("meta"))
+                                        meta=extra.get("meta"), attachments=extra.get("attachments", {}))
     total.model_calls += inputs.counters.model_calls - base_calls
     total.cache_hits += inputs.counters.cache_hits - base_hits
     total.staging = staging

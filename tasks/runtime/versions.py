@@ -138,3 +138,27 @@ def batches(ds, columns: list[str] | None = None, filter: str | None = None,
     """The rows of a version, streamed in batches (never the whole table in memory)."""
     scanner = ds.scanner(columns=columns, filter=filter, batch_size=batch_size, with_row_address=with_rowaddr)
     yield from scanner.to_batches()
+
+
+def scratch_db():
+    """An in-memory DuckDB for diffs and checks over shards, bounded so that it spills to disk
+    instead of growing with the corpus (CORPUSFORGE_DUCKDB_MEMORY, default 1GB)."""
+    import tempfile
+
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute(f"SET memory_limit = '{_memory_limit()}'")
+    con.execute(f"SET temp_directory = '{tempfile.gettempdir()}/corpusforge-duckdb'")
+    con.execute("SET preserve_insertion_order = false")
+    return con
+
+
+def _memory_limit() -> str:
+    import os
+    import re
+
+    value = os.environ.get("CORPUSFORGE_DUCKDB_MEMORY", "1GB").strip()
+    if not re.fullmatch(r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", value, re.I):
+        raise ValueError(f"CORPUSFORGE_DUCKDB_MEMORY={value!r}: give a size such as 512MB or 2GB")
+    return value

@@ -302,6 +302,16 @@ class TreeStage(Stage):
     incremental = True
     description = "LATTICE semantic tree over the text embeddings, refreshed by insert and delete"
 
+    def task(self):
+        """A large tree builds in a Ray task of its own, unless its summaries come from an HTTP model
+        (the key stays in this process, never in a worker) or from a generator handed in."""
+        if self.cfg.summarizer.backend == "openai" or self.params.get("generator") is not None:
+            return None
+        return self.cfg.task
+
+    def task_size(self, inputs, units: pa.Table) -> int:
+        return units.num_rows
+
     def units(self, inputs) -> Units:
         d = inputs["documents"]["doc_id"]
         return Units(pa.table({UNIT: d, KEY: d}))
@@ -322,6 +332,7 @@ class TreeStage(Stage):
             previous = Previous(prev_nodes, prev_vecs, _fingerprint_of(inputs, nodes_dataset(cfg.name)))
         built = build_or_refresh(cfg, leaves, previous, embed, self.params.get("generator"))
         meta = {"tree_fingerprint": built.notes["fingerprint"]}
+        built.notes["outline"] = outline(built.nodes, len(leaves.doc_ids), built.notes["height"])  # for the report
         return Assembled({nodes_dataset(cfg.name): Output(built.nodes, meta=meta),
                           vectors_dataset(cfg.name): built.node_vectors},
                          leaves.doc_ids, quarantined, model_calls=built.model_calls, cache_hits=built.carried,
@@ -338,12 +349,10 @@ class TreeStage(Stage):
                     n["mode"], outcome.rows_out, n["nodes"], n["height"], n["summarizer_failures"],
                     f", {n['inserted']} inserted, {n['deleted']} deleted, {n['touched']} nodes re-summarized"
                     if n["mode"] == "incremental" else "")
-        if _in_prefect_run() and outcome.tables:
+        if _in_prefect_run() and n.get("outline"):
             from prefect.artifacts import create_markdown_artifact
 
-            nodes = outcome.tables[nodes_dataset(self.cfg.name)].table
-            create_markdown_artifact(key=f"tree-{self.cfg.name}".replace("_", "-").lower(),
-                                     markdown=outline(nodes, outcome.rows_out, n["height"]),
+            create_markdown_artifact(key=f"tree-{self.cfg.name}".replace("_", "-").lower(), markdown=n["outline"],
                                      description=f"Top of tree {self.cfg.name}")
 
 
