@@ -13,7 +13,7 @@ import pyarrow as pa
 from PIL import Image
 
 from schemas.config import IngestConfig
-from schemas.tables import DOCUMENTS
+from schemas.tables import DOCUMENTS, SOURCE_IDS
 from tasks.ingest.checks import Rejected, _modality, check_image, check_text
 from tasks.ingest.readers import RawRecord, read_sources
 from tasks.runtime.ids import canonical_json, record_id
@@ -26,7 +26,7 @@ CHECKED = pa.schema([f for f in DOCUMENTS if f.name in DOC_COLUMNS])
 class Ingest(Stage):
     name = "ingest"
     section = "ingest"
-    writes = ("documents",)
+    writes = ("documents", "source_ids")
     description = "check, identify and deduplicate the configured sources"
 
     def fingerprint(self) -> str:
@@ -49,9 +49,9 @@ class Ingest(Stage):
             else:
                 seen[uid] = 1
             rows.append({UNIT: uid, KEY: uid, "source": rec.source, "source_id": rec.source_id,
-                         "record": _record_json(rec)})
+                         "id_kind": rec.id_kind, "record": _record_json(rec)})
         schema = pa.schema([(UNIT, pa.string()), (KEY, pa.string()), ("source", pa.string()),
-                            ("source_id", pa.string()), ("record", pa.string())])
+                            ("source_id", pa.string()), ("id_kind", pa.string()), ("record", pa.string())])
         return Units(pa.Table.from_pylist(rows, schema=schema))
 
     def payload(self, unit: dict) -> dict:
@@ -64,24 +64,32 @@ class Ingest(Stage):
     def assemble(self, inputs, units: pa.Table, results: pa.Table | None) -> Assembled:
         checked = {} if results is None else {r[KEY]: r for r in results.to_pylist()}
         docs: dict[str, dict] = {}
-        by_source_id: dict[str, str] = {}
+        by_source_id: dict[str, tuple[str, str]] = {}
+        ids: dict[str, dict] = {}  # every kept source id -> its document, duplicates' ids too
         produced, dedup, quarantined = [], [], []
         for u in units.to_pylist():
             doc = checked[u[KEY]]
             sid = u["source_id"]
             if sid is not None:
-                first = by_source_id.setdefault(sid, doc["doc_id"])
+                first, kind = by_source_id.setdefault(sid, (doc["doc_id"], u["id_kind"]))
+                if kind != u["id_kind"]:  # 1 and "1" are different ids to the user, one string to us
+                    quarantined.append({"key": u[UNIT], "reason": f"id {sid!r} given both as a number and as a "
+                                        "string; use one kind of id", "payload": payload(u)})
+                    continue
                 if first != doc["doc_id"]:
                     quarantined.append({"key": u[UNIT], "reason": f"duplicate id {sid!r} with different content "
                                         f"(first seen as document {first})", "payload": payload(u)})
                     continue
+            if sid is not None and sid not in ids:
+                ids[sid] = {"source_id": sid, "doc_id": doc["doc_id"], "source": u["source"]}
             if doc["doc_id"] in docs:
                 dedup.append(u[UNIT])
                 continue
             docs[doc["doc_id"]] = {k: doc[k] for k in DOC_COLUMNS} | {"source": u["source"], "source_id": sid}
             produced.append(u[UNIT])
         table = pa.Table.from_pylist(list(docs.values()), schema=DOCUMENTS)
-        return Assembled({"documents": table}, produced, quarantined, dedup)
+        return Assembled({"documents": table, "source_ids": pa.Table.from_pylist(list(ids.values()), schema=SOURCE_IDS)},
+                         produced, quarantined, dedup)
 
 
 class RecordCheck:
@@ -117,12 +125,18 @@ def document(rec: dict, root: Path, cfg: IngestConfig) -> dict:
     if rec.get("alt_text") is not None:
         try:
             alt = check_text(rec["alt_text"], cfg)
-        except Rejected:
-            alt = None  # a bad alt-text is dropped, the image itself is still good
+        except Rejected as e:  # the record is quarantined whole: a silently dropped field is lost data
+            raise Rejected(f"alt_text: {e}") from None
     image_rel = rec.get("image")
-    image = check_image(root, image_rel, cfg) if image_rel else {}
+    image = check_image(root, image_rel, cfg) if image_rel is not None else {}
     modality = _modality(text, image_rel, rec.get("modality"))
     meta = rec.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise Rejected(f"meta is a {type(meta).__name__}, not a JSON object")
+    try:
+        canonical_json(meta).encode("utf-8")
+    except UnicodeEncodeError:
+        raise Rejected("meta holds a lone surrogate, which cannot be encoded as UTF-8") from None
     return {
         "doc_id": record_id(modality, text, image.get("image_sha256")),
         "modality": modality,

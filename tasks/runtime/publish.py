@@ -74,6 +74,9 @@ def publish(catalog: Catalog, root: DataRoot, name: str, output: Output | pa.Tab
             fingerprint: str | None = None, extra_expectations: list[dict] | None = None) -> PublishResult:
     import duckdb
 
+    from tasks.runtime.sql import check_dataset_name
+
+    check_dataset_name(name)
     out = output if isinstance(output, Output) else Output(output)
     current = catalog.current(name)
     cur_ds = _open_current(root, current) if current is not None else None
