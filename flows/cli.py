@@ -101,6 +101,8 @@ def cmd_build(args) -> int:
 def print_build_summary(result: dict) -> None:
     print()
     print(f"corpusforge build {result['run_id']}: completed")
+    if result.get("note"):
+        print(result["note"])
     print()
     print("Stages:")
     for s in result["stages"]:

@@ -98,3 +98,19 @@ def test_a_run_refuses_a_workdir_that_is_a_file(tmp_path):
     with pytest.raises(WorkdirError, match="data root"):
         with open_run(cfg, "build"):
             pass
+
+
+def test_a_deleted_data_file_is_detected_and_republished(tmp_path):
+    from tasks.runtime.publish import publish, read
+
+    cat = Catalog(tmp_path / "catalog.duckdb", DataRoot(str(tmp_path / "data")))
+    from schemas.tables import DOCUMENTS
+
+    table = pa.Table.from_pylist([{"doc_id": c * 32, "modality": "text", "text": t, "source": "m"}
+                                  for c, t in (("0", "a"), ("1", "b"))], schema=DOCUMENTS)
+    v1 = publish(cat, cat.data_root(), "documents", table).dataset
+    for f in (tmp_path / "data" / "documents.lance" / "data").iterdir():
+        f.unlink()  # the user (or a failed sync) removed the data
+    again = publish(cat, cat.data_root(), "documents", table)
+    assert again.published and again.dataset.version == v1.version + 1
+    assert sorted(read(cat, cat.data_root(), "documents")["text"].to_pylist()) == ["a", "b"]

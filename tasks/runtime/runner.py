@@ -404,5 +404,9 @@ def resolve_inputs(run: "Run", stage: Stage, refs: dict) -> Inputs:
         if read.required and not any(read.matches(n) for n in chosen):
             raise LookupError(f"stage {stage.name} needs the dataset '{read.name}', which the catalog "
                               f"{run.catalog.path} does not have yet; run the stage that writes it first")
-    previous = {n: current[n] for n in stage.outputs() if n in current} if stage.incremental else {}
+    previous = {}
+    if stage.incremental:  # a previous version that lost data files is no base for a delta: recompute
+        from tasks.runtime.publish import intact
+
+        previous = {n: current[n] for n in stage.outputs() if n in current and intact(run.root, current[n])}
     return Inputs(run.config, chosen, run=run, previous=previous, params=stage.params)
