@@ -64,6 +64,8 @@ def build(config_path: str | None = None, config: dict | None = None) -> dict:
             _artifacts(run, failed=str(e))
             raise
     summary = run_summary(run, refs)
+    if summary["note"]:
+        logger.warning(summary["note"])
     _artifacts(run)
     return summary
 
@@ -79,7 +81,19 @@ def run_summary(run: Run, refs: dict) -> dict:
         "stages": run.summaries,
         "datasets": {name: {"version": ref.version, "rows": ref.row_count} for name, ref in refs.items()},
         "quarantine": quarantine,
+        "note": nothing_to_do(run.summaries),
     }
+
+
+def nothing_to_do(stages: list[dict]) -> str | None:
+    """One line when the corpus gave no documents, so an empty result is not mistaken for a bug."""
+    ingest = next((s for s in stages if s["stage"] == "ingest"), None)
+    if ingest is None or ingest["rows_out"]:
+        return None
+    if ingest["rows_in"] == 0:
+        return "nothing to do: the sources hold no records (check corpus.sources and their paths)"
+    return (f"nothing to do: every input was quarantined or deduplicated ({ingest['rows_quarantined']} quarantined, "
+            f"{ingest['rows_deduplicated']} deduplicated); see `corpusforge quarantine --summary`")
 
 
 def _artifacts(run: Run, failed: str | None = None) -> None:

@@ -46,7 +46,7 @@ def open_catalog(args, must_exist: bool = True):
     if must_exist and not Path(path).exists():
         raise SystemExit(f"no catalog at {path}: run `corpusforge build --config FILE` first, "
                          "or pass --catalog PATH / --config FILE")
-    return Catalog(path, DataRoot(cfg.data_root_uri))
+    return Catalog(path, DataRoot(cfg.data_root_uri), read_only=True)  # every caller only reads
 
 
 def add_catalog_args(p: argparse.ArgumentParser) -> None:
@@ -58,7 +58,7 @@ def print_table(table, fmt: str = "table", max_width: int = 60) -> None:
     rows = table.to_pylist() if hasattr(table, "to_pylist") else table
     cols = table.column_names if hasattr(table, "column_names") else (list(rows[0]) if rows else [])
     if fmt == "json":
-        print(json.dumps(rows, indent=2, default=str))
+        print(json.dumps(rows, indent=2, default=str))  # JSON escapes every control character
         return
     if fmt == "csv":
         import csv
@@ -84,7 +84,9 @@ def _fmt(v, width: int | None) -> str:
         s = f"{v:.4f}"
     else:
         s = str(v)
-    s = s.replace("\n", " ")
+    from tasks.runtime.terminal import terminal_safe
+
+    s = terminal_safe(s)
     return s if width is None or len(s) <= width else s[: width - 1] + "…"
 
 
@@ -100,6 +102,8 @@ def cmd_build(args) -> int:
 def print_build_summary(result: dict) -> None:
     print()
     print(f"corpusforge build {result['run_id']}: completed")
+    if result.get("note"):
+        print(result["note"])
     print()
     print("Stages:")
     for s in result["stages"]:
@@ -194,7 +198,7 @@ def cmd_sql(args) -> int:
 
     cat = open_catalog(args)
     try:
-        table = cat.query(args.query)
+        table = cat.query(args.query, read_only=True)
     except duckdb.Error as e:
         raise SystemExit(f"SQL error: {e}") from None
     print_table(table, args.format, max_width=args.max_width)
@@ -267,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     _env_defaults()
     args = build_parser().parse_args(argv)
     from schemas.config import ConfigError
-    from tasks.runtime.catalog import CatalogBusy
+    from tasks.runtime.catalog import CatalogError
     from tasks.runtime.publish import OldCatalog
 
     try:
@@ -275,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 2
-    except (OldCatalog, CatalogBusy) as e:  # a state of the catalog the user resolves, not a bug
+    except (OldCatalog, CatalogError) as e:  # a state of the catalog the user resolves, not a bug
         print(f"error: {e}", file=sys.stderr)
         return 1
 

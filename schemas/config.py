@@ -544,8 +544,14 @@ def load_config(path: str | Path, overrides: dict | None = None) -> BuildConfig:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"config path {path} is not a file")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes; a config is a few KB")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = safe_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
     if not isinstance(raw, dict):
@@ -553,6 +559,48 @@ def load_config(path: str | Path, overrides: dict | None = None) -> BuildConfig:
     raw = _deep_merge(raw, overrides or {})
     raw["config_dir"] = str(path.resolve().parent)
     return config_from_dict(raw, source=str(path))
+
+
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_YAML_NODES = 100_000  # a config has hundreds; an alias bomb expands to billions
+
+
+def safe_yaml(text: str, source: str = "(text)"):
+    """yaml.safe_load, after counting the nodes the document expands to: aliases are free to write
+    and exponential to expand (a 1 KB "billion laughs" hangs the loader), so they are counted, with
+    each shared node once per use, and a document past MAX_YAML_NODES is refused before loading."""
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+    except BaseException:
+        loader.dispose()
+        raise
+    if root is None:
+        return None
+    sizes: dict[int, int] = {}
+
+    def size(node, depth: int = 0) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if depth > 100:
+            raise ConfigError(f"config file {source} nests deeper than 100 levels")
+        sizes[id(node)] = MAX_YAML_NODES + 1  # a node reached again while counting it is a cycle
+        if isinstance(node, yaml.MappingNode):
+            n = 1 + sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            n = 1 + sum(size(v, depth + 1) for v in node.value)
+        else:
+            n = 1
+        sizes[id(node)] = n = min(n, MAX_YAML_NODES + 1)
+        return n
+
+    if size(root) > MAX_YAML_NODES:
+        raise ConfigError(f"config file {source} expands to more than {MAX_YAML_NODES} YAML nodes through its "
+                          "aliases (an alias bomb?); refusing to load it")
+    try:
+        return loader.construct_document(root)
+    finally:
+        loader.dispose()
 
 
 def config_from_dict(raw: dict, source: str = "(dict)") -> BuildConfig:

@@ -28,6 +28,16 @@ DOCUMENTS = pa.schema(
     ]
 )
 
+# Every source id of the corpus and the document it names, deduplicated records' ids included:
+# a qrels file that names a duplicate's id still finds its document.
+SOURCE_IDS = pa.schema(
+    [
+        pa.field("source_id", pa.string(), nullable=False),
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+    ]
+)
+
 CAPTIONS = pa.schema(
     [
         pa.field("caption_id", pa.string(), nullable=False),
@@ -213,6 +223,7 @@ QUARANTINE = pa.schema(
 
 TABLES: dict[str, pa.Schema] = {
     "documents": DOCUMENTS,
+    "source_ids": SOURCE_IDS,
     "captions": CAPTIONS,
     "queries": QUERIES,
     "candidates": CANDIDATES,
@@ -230,6 +241,7 @@ TABLES: dict[str, pa.Schema] = {
 # Each table's natural key: rows are unique on it, and the content hash sorts by it.
 KEYS: dict[str, list[str]] = {
     "documents": ["doc_id"],
+    "source_ids": ["source_id"],
     "captions": ["caption_id"],
     "queries": ["query_id"],
     "embeddings": ["item_kind", "item_id"],

@@ -115,17 +115,15 @@ class CaptionWork:
         self.backend = build_captioner(self.cfg, device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from PIL import Image
-
         from tasks.backends.registry import caption_outcomes
+        from tasks.ingest.checks import load_rgb
 
         keys = batch[KEY].to_pylist()
         errors: dict[int, str] = {}
         images, where = [], []
         for i, uri in enumerate(batch["image_uri"].to_pylist()):
             try:
-                with Image.open(self.root / uri) as im:
-                    images.append(im.convert("RGB"))
+                images.append(load_rgb(self.root, uri))
                 where.append(i)
             except (OSError, ValueError) as e:
                 errors[i] = f"image could not be read: {type(e).__name__}: {e}"

@@ -265,16 +265,18 @@ class ImageEncoderWork:
         self.model = ClipImageEmbedder(ImageEncoder.model_validate(args["encoder"]), device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from PIL import Image
+        from tasks.ingest.checks import Rejected, load_rgb
 
         images, ok, errors = [], [], []
         for uri in batch["image_uri"].to_pylist():
             try:
-                with Image.open(self.root / uri) as im:
-                    images.append(im.convert("RGB"))
+                images.append(load_rgb(self.root, uri))  # contained in the corpus, EXIF-oriented
                 ok.append(True)
                 errors.append(None)
-            except OSError as e:
+            except Rejected as e:
+                ok.append(False)
+                errors.append(f"no vector: {e}")
+            except (OSError, ValueError) as e:
                 ok.append(False)
                 errors.append(f"no vector: the encoder could not read this item ({type(e).__name__})")
         vecs = self.model.embed_images(images)

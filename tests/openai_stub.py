@@ -6,6 +6,8 @@ The last user text of a request picks the behaviour:
 - contains `SLOW`: the reply comes after `slow_s` seconds (past the client's timeout);
 - contains `BADJSON`: a 200 whose body is not JSON;
 - contains `NOLOGPROBS`: no logprobs even when asked;
+- contains `ECHOKEY400` / `ECHOKEY500`: an error body that echoes the Authorization header where
+  the client cuts error bodies (a server that reflects the request, as some do);
 - an image 13 pixels wide: every request gets 500; 17 pixels wide: an empty answer;
 - otherwise 200 with content `echo: <text>` (or, with an image part, `an image of <n> bytes`).
 With `logprobs: true` the first token's top_logprobs favour the digit named after `PREFER=`.
@@ -98,6 +100,10 @@ class StubServer:
                     server.seen[text] += 1
                     n = server.seen[text]
                 time.sleep(0.05)  # long enough for concurrent requests to overlap
+                for code, cut in ((400, 300), (500, 200)):
+                    if f"ECHOKEY{code}" in text:  # the key straddles where the client cuts the body
+                        auth = self.headers.get("Authorization", "")
+                        return self._send(code, ("x" * (cut - len("Bearer ") - 8) + auth).encode(), "text/plain")
                 if image_width == 17:
                     return self._send(200, json.dumps({"choices": [{"index": 0, "message": {
                         "role": "assistant", "content": "  "}}]}).encode())

@@ -65,6 +65,16 @@ def test_wrong_key_is_not_retried_and_not_leaked(server, monkeypatch):
     assert "sk-wrong-key-123456" not in out.error
 
 
+def test_an_error_body_that_echoes_the_key_leaks_no_part_of_it(server, monkeypatch, caplog):
+    """The body is redacted before it is cut: a cut through the key would leave a prefix no redaction finds."""
+    c = client(server, monkeypatch, max_retries=1)
+    with caplog.at_level(logging.DEBUG):
+        outs = c.generate_outcomes(["ECHOKEY400", "ECHOKEY500"])
+    assert "HTTP 400" in outs[0].error and "HTTP 500" in outs[1].error
+    for text in [o.error for o in outs] + [caplog.text]:
+        assert KEY[:6] not in text
+
+
 def test_key_from_a_prefect_secret_block(server, monkeypatch, prefect_harness):
     from prefect.blocks.system import Secret
 

@@ -104,6 +104,8 @@ class OpenAICompatClient:
         self._http.close()
 
     def redact(self, text: str) -> str:
+        """The text without the key. Always redact the whole text *before* cutting it: a cut
+        through the key leaves a prefix that no longer matches and would be stored."""
         if self._key:
             text = text.replace(self._key, "***")
         return text
@@ -130,17 +132,17 @@ class OpenAICompatClient:
                     try:
                         return Outcome(resp.json(), attempts=attempt + 1)
                     except (json.JSONDecodeError, UnicodeDecodeError):
-                        last = f"malformed JSON in the reply: {resp.text[:120]!r}"
+                        last = f"malformed JSON in the reply: {self.redact(resp.text)[:120]!r}"
                 elif resp.status_code in RETRY_STATUS:
                     retry_after = resp.headers.get("retry-after")
-                    last = f"HTTP {resp.status_code}: {resp.text[:200]}"
+                    last = f"HTTP {resp.status_code}: {self.redact(resp.text)[:200]}"
                 else:
-                    return Outcome(error=self.redact(f"HTTP {resp.status_code} (not retried): {resp.text[:300]}"),
+                    return Outcome(error=f"HTTP {resp.status_code} (not retried): {self.redact(resp.text)[:300]}",
                                    attempts=attempt + 1)
             except httpx.TimeoutException as e:
                 last = f"timeout after {self.timeout_s:g}s ({type(e).__name__})"
             except httpx.TransportError as e:
-                last = f"transport error: {type(e).__name__}: {e}"
+                last = f"transport error: {type(e).__name__}: {self.redact(str(e))}"
             if attempt < self.max_retries:
                 delay = self._backoff(attempt, retry_after)
                 log.info("retrying %s in %.2fs after: %s", url, delay, self.redact(last)[:200])

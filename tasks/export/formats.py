@@ -12,6 +12,7 @@ wrote and why it left any out, so the export stage accounts for every unit.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -23,6 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas.config import ExportConfig
+
+log = logging.getLogger(__name__)
 
 MBEIR_MODALITY = {"text": "text", "image": "image", "interleaved": "image,text"}
 
@@ -188,13 +191,13 @@ def write_mbeir(groups: list[Grouped], documents: pa.Table, texts: dict[str, str
             if uri:
                 images += 1
                 img = f"images/{uri}"
-                src = (corpus_root / uri) if corpus_root else None
-                if src is not None and src.exists():
+                src = _contained(corpus_root, uri)
+                if src is not None and src.is_file():
                     (out / img).parent.mkdir(parents=True, exist_ok=True)
                     if cfg.images == "link":
-                        os.symlink(src.resolve(), out / img)
+                        os.symlink(src, out / img)
                     else:
-                        shutil.copyfile(src, out / img)
+                        shutil.copyfile(src, out / img, follow_symlinks=False)
                     copied += 1
                 else:
                     missing += 1
@@ -211,6 +214,20 @@ def write_mbeir(groups: list[Grouped], documents: pa.Table, texts: dict[str, str
     w.counts = {"queries": len(groups), "candidates": documents.num_rows, "images": images, "images_written": copied,
                 "images_missing": missing, "files": ["queries.jsonl", "candidates.jsonl", "images/"]}
     return w
+
+
+def _contained(corpus_root: Path | None, uri: str) -> Path | None:
+    """The real path of a document image, only while it is still inside the corpus root: an image
+    swapped for a link to a host file after ingest is not exported (it counts as missing)."""
+    from tasks.ingest.checks import Rejected, resolve_inside
+
+    if corpus_root is None:
+        return None
+    try:
+        return resolve_inside(corpus_root, uri)
+    except Rejected as e:
+        log.warning("export: image %s not written: %s", uri, e)
+        return None
 
 
 def write_trec(tables: dict[str, pa.Table], out: Path, negatives: str, documents: pa.Table | None = None) -> Written:

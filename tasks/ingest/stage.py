@@ -13,7 +13,7 @@ import pyarrow as pa
 from PIL import Image
 
 from schemas.config import IngestConfig
-from schemas.tables import DOCUMENTS
+from schemas.tables import DOCUMENTS, SOURCE_IDS
 from tasks.ingest.checks import Rejected, _modality, check_image, check_text
 from tasks.ingest.readers import RawRecord, read_sources
 from tasks.runtime.ids import canonical_json, record_id
@@ -25,7 +25,7 @@ CHECKED = pa.schema([f for f in DOCUMENTS if f.name in DOC_COLUMNS])
 
 STATE_FILE = "ingest_state.parquet"  # chunk -> the documents (and source ids) it gave, kept with the version
 UNITS = pa.schema([(UNIT, pa.string()), (KEY, pa.string()), ("source", pa.string()), ("source_id", pa.string()),
-                   ("record", pa.string())])
+                   ("id_kind", pa.string()), ("record", pa.string())])
 
 
 class Ingest(Stage):
@@ -38,7 +38,7 @@ class Ingest(Stage):
 
     name = "ingest"
     section = "ingest"
-    writes = ("documents",)
+    writes = ("documents", "source_ids")
     incremental = True
     description = "check, identify and deduplicate the configured sources"
 
@@ -50,7 +50,7 @@ class Ingest(Stage):
         return fingerprint({"stage": self.name, "section": fingerprint_fields(self.cfg), "sources": sources})
 
     def output_mode(self, name: str):
-        return "upsert", ["doc_id"]
+        return "upsert", ["doc_id" if name == "documents" else "source_id"]
 
     def units(self, inputs):
         from tasks.runtime.versions import scratch_db
@@ -59,7 +59,8 @@ class Ingest(Stage):
         if not root.is_dir():
             raise FileNotFoundError(f"corpus root {root} does not exist or is not a folder")
         self._db = db = scratch_db()
-        db.execute("CREATE TABLE seen (chunk VARCHAR, doc_id VARCHAR, source_id VARCHAR, produced BOOLEAN)")
+        db.execute("CREATE TABLE seen (chunk VARCHAR, doc_id VARCHAR, source_id VARCHAR, id_kind VARCHAR, "
+                   "produced BOOLEAN)")
         carried: set[str] = set()
         state = self._previous_state(inputs)
         if state is not None:
@@ -103,7 +104,7 @@ class Ingest(Stage):
                 h.update(f"\0{uid}\0{record}\0{_image_stamp(root, rec.image)}".encode("utf-8", "surrogatepass"))
                 if keep_rows:
                     rows.append({UNIT: uid, KEY: uid, "source": rec.source, "source_id": rec.source_id,
-                                 "record": record})
+                                 "id_kind": rec.id_kind, "record": record})
                 n += 1
                 if n == size:
                     yield h.hexdigest(), rows
@@ -136,37 +137,48 @@ class Ingest(Stage):
             "source_id": pa.array([u["source_id"] for u in unit_rows], pa.string())}))
         known_docs = {r[0] for r in db.execute("SELECT DISTINCT doc_id FROM seen SEMI JOIN chunk_ids USING (doc_id) "
                                                "WHERE produced").fetchall()}
-        by_source_id = dict(db.execute("SELECT source_id, min(doc_id) FROM seen SEMI JOIN chunk_ids USING (source_id) "
-                                       "GROUP BY source_id").fetchall())
+        by_source_id = {r[0]: (r[1], r[2]) for r in db.execute(
+            "SELECT source_id, min(doc_id), min(id_kind) FROM seen SEMI JOIN chunk_ids USING (source_id) "
+            "GROUP BY source_id").fetchall()}
         db.unregister("chunk_ids")
         docs: dict[str, dict] = {}
+        ids: dict[str, dict] = {}  # source ids first kept in this chunk -> their document (duplicates' too)
         produced, dedup, quarantined, seen = [], [], [], []
         for u in unit_rows:
             doc = checked[u[KEY]]
             sid = u["source_id"]
             if sid is not None:
-                first = by_source_id.setdefault(sid, doc["doc_id"])
+                known = sid in by_source_id
+                first, kind = by_source_id.setdefault(sid, (doc["doc_id"], u["id_kind"]))
+                if kind != u["id_kind"]:  # 1 and "1" are different ids to the user, one string to us
+                    quarantined.append({"key": u[UNIT], "reason": f"id {sid!r} given both as a number and as a "
+                                        "string; use one kind of id", "payload": payload(u)})
+                    continue
                 if first != doc["doc_id"]:
                     quarantined.append({"key": u[UNIT], "reason": f"duplicate id {sid!r} with different content "
                                         f"(first seen as document {first})", "payload": payload(u)})
                     continue
+                if not known and sid not in ids:
+                    ids[sid] = {"source_id": sid, "doc_id": doc["doc_id"], "source": u["source"]}
             if doc["doc_id"] in docs or doc["doc_id"] in known_docs:
                 dedup.append(u[UNIT])
-                seen.append((doc["doc_id"], sid, False))
+                seen.append((doc["doc_id"], sid, u["id_kind"], False))
                 continue
             docs[doc["doc_id"]] = {k: doc[k] for k in DOC_COLUMNS} | {"source": u["source"], "source_id": sid}
             produced.append(u[UNIT])
-            seen.append((doc["doc_id"], sid, True))
+            seen.append((doc["doc_id"], sid, u["id_kind"], True))
         if not seen:
-            seen.append((None, None, False))  # the chunk is known even when nothing of it became a document
+            seen.append((None, None, None, False))  # the chunk is known even when nothing of it became a document
         db.register("chunk_seen", pa.table({"chunk": pa.array([self._chunk] * len(seen), pa.string()),
                                             "doc_id": pa.array([s[0] for s in seen], pa.string()),
                                             "source_id": pa.array([s[1] for s in seen], pa.string()),
-                                            "produced": pa.array([s[2] for s in seen], pa.bool_())}))
+                                            "id_kind": pa.array([s[2] for s in seen], pa.string()),
+                                            "produced": pa.array([s[3] for s in seen], pa.bool_())}))
         db.execute("INSERT INTO seen SELECT * FROM chunk_seen")
         db.unregister("chunk_seen")
         table = pa.Table.from_pylist(list(docs.values()), schema=DOCUMENTS)
-        return Assembled({"documents": table}, produced, quarantined, dedup)
+        return Assembled({"documents": table, "source_ids": pa.Table.from_pylist(list(ids.values()), schema=SOURCE_IDS)},
+                         produced, quarantined, dedup)
 
     def finish(self, inputs) -> dict:
         """The documents no chunk gives any more (deletions) and the chunk state of the new version."""
@@ -176,17 +188,23 @@ class Ingest(Stage):
         if db is None:
             return {}
         try:
-            deleted = []
-            if inputs.previous_ref("documents") is not None and inputs.root is not None:
-                reader = inputs.previous_dataset("documents").scanner(
-                    columns=["doc_id"], with_row_address=True, batch_size=65_536).to_reader()
-                db.register("prev_docs", reader)
-                deleted = db.execute("SELECT _rowaddr FROM prev_docs ANTI JOIN (SELECT doc_id FROM seen WHERE "
-                                     "produced) USING (doc_id)").fetchnumpy()["_rowaddr"].tolist()
+            gone = {"documents": ("doc_id", "SELECT doc_id FROM seen WHERE produced"),
+                    "source_ids": ("source_id", "SELECT source_id FROM seen WHERE source_id IS NOT NULL")}
+            deleted = {}
+            for name, (key, kept) in gone.items():
+                deleted[name] = []
+                if inputs.previous_ref(name) is not None and inputs.root is not None:
+                    reader = inputs.previous_dataset(name).scanner(
+                        columns=[key], with_row_address=True, batch_size=65_536).to_reader()
+                    db.register("prev_rows", reader)
+                    deleted[name] = db.execute(f"SELECT _rowaddr FROM prev_rows ANTI JOIN ({kept}) USING ({key})"
+                                               ).fetchnumpy()["_rowaddr"].tolist()
+                    db.unregister("prev_rows")
             state = os.path.join(tempfile.mkdtemp(prefix="corpusforge-ingest-"), STATE_FILE)
             db.execute(f"COPY (SELECT * FROM seen ORDER BY chunk, doc_id) TO {_sql_str(state)} (FORMAT parquet)")
-            notes = self._notes | {"deleted": len(deleted)}
-            return {"documents": {"deleted": deleted, "attachments": {STATE_FILE: state}}, "notes": notes}
+            notes = self._notes | {"deleted": len(deleted["documents"])}
+            return {"documents": {"deleted": deleted["documents"], "attachments": {STATE_FILE: state}},
+                    "source_ids": {"deleted": deleted["source_ids"]}, "notes": notes}
         finally:
             db.close()
             self._db = None
@@ -240,12 +258,18 @@ def document(rec: dict, root: Path, cfg: IngestConfig) -> dict:
     if rec.get("alt_text") is not None:
         try:
             alt = check_text(rec["alt_text"], cfg)
-        except Rejected:
-            alt = None  # a bad alt-text is dropped, the image itself is still good
+        except Rejected as e:  # the record is quarantined whole: a silently dropped field is lost data
+            raise Rejected(f"alt_text: {e}") from None
     image_rel = rec.get("image")
-    image = check_image(root, image_rel, cfg) if image_rel else {}
+    image = check_image(root, image_rel, cfg) if image_rel is not None else {}
     modality = _modality(text, image_rel, rec.get("modality"))
     meta = rec.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise Rejected(f"meta is a {type(meta).__name__}, not a JSON object")
+    try:
+        canonical_json(meta).encode("utf-8")
+    except UnicodeEncodeError:
+        raise Rejected("meta holds a lone surrogate, which cannot be encoded as UTF-8") from None
     return {
         "doc_id": record_id(modality, text, image.get("image_sha256")),
         "modality": modality,

@@ -157,6 +157,8 @@ def units_from_catalog(inputs, top_k: int, fp: str, with_sources: bool = False) 
             if d not in pairs[q]:
                 pairs[q].append(d)
     dtext = document_texts(documents, inputs.get("captions"))
+    from tasks.ingest.checks import Rejected, resolve_inside
+
     root = inputs.corpus_root
     meta = {d: (u, s) for d, u, s in zip(documents["doc_id"].to_pylist(), documents["image_uri"].to_pylist(),
                                          documents["image_sha256"].to_pylist())}
@@ -168,7 +170,14 @@ def units_from_catalog(inputs, top_k: int, fp: str, with_sources: bool = False) 
                 rejected.append({"key": f"{q}/{d}", "reason": f"document {d} has neither text nor a caption to judge"})
                 continue
             uri, sha = meta.get(d, (None, None))
-            ok.append((q, qtext[q], d, dtext[d], str(root / uri) if uri else None, sha))
+            path = None
+            if uri:
+                try:
+                    path = str(resolve_inside(root, uri))
+                except Rejected as e:  # an image swapped for a link out of the corpus since ingest
+                    rejected.append({"key": f"{q}/{d}", "reason": str(e)})
+                    continue
+            ok.append((q, qtext[q], d, dtext[d], path, sha))
     return pair_units(ok, fp, rejected, [])
 
 

@@ -7,23 +7,8 @@ inject another placeholder; a generated answer yields a grade only when it clear
 from __future__ import annotations
 
 import re
-import unicodedata
 
-_MARKER_RUN = re.compile(r"<{2,}|>{2,}")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-def neutralise(text: str) -> str:
-    """Make inserted text unable to open or close a <<<MARKER>>> of the prompt.
-
-    Runs of two or more angle brackets become look-alike single guillemets, so no text can
-    spell `<<<END PASSAGE>>>`; NFKC first folds full-width brackets into ASCII ones so they
-    are caught too. Control characters other than newline and tab are dropped.
-    """
-    text = unicodedata.normalize("NFKC", text)
-    text = _CONTROL.sub("", text)
-    return _MARKER_RUN.sub(lambda m: ("‹" if m.group()[0] == "<" else "›") * len(m.group()), text)
-
+from tasks.prompts.guard import fill, neutralise  # noqa: F401 - neutralise is part of this module's API
 
 def render(template: str, query: str, document: str, max_doc_chars: int = 4000) -> str:
     """The judge prompt for one pair; a single pass, so inserted text is never re-substituted."""
@@ -31,7 +16,7 @@ def render(template: str, query: str, document: str, max_doc_chars: int = 4000) 
     if len(doc) > max_doc_chars:
         doc = doc[:max_doc_chars] + " [...]"
     values = {"query": neutralise(query).strip(), "document": doc.strip()}
-    return re.sub(r"\{(query|document)\}", lambda m: values[m.group(1)], template)
+    return fill(template, values)
 
 
 _LABELLED = re.compile(r"(?:final\s+)?(?:score|grade|relevance|rating|label|answer)\s*(?:is|:|=|-)?\s*\**\s*([0-9]+)\b",

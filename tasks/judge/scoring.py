@@ -16,6 +16,7 @@ cross-encoder: cross-encoder:<model>@<weights hash>).
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -125,12 +126,14 @@ class Judge:
                              pairs["image_path"].to_pylist()):
             text = render(self.template, q, d or "", self.cfg.max_doc_chars)
             if img and self.cfg.images == "pixels" and self.cfg.backend == "openai":
-                from PIL import Image
+                from PIL import Image, ImageOps
 
                 from tasks.backends.openai_compat import image_data_url
 
+                if os.path.realpath(img) != img:  # resolved inside the corpus when the pair was made
+                    raise ValueError(f"image {img} changed into a link since it was checked; not sent")
                 with Image.open(img) as im:
-                    url = image_data_url(im)
+                    url = image_data_url(ImageOps.exif_transpose(im))
                 text = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
                                                      {"type": "text", "text": text}]}]
             out.append(text)

@@ -23,10 +23,13 @@ class MiningInputs:
     duplicates: list[str] = field(default_factory=list)
 
 
-def resolve_doc_ids(doc_ids: list[str], documents: pa.Table) -> list[str | None]:
-    """Our doc ids for ids that are either ours or a source's own ids (documents.source_id)."""
+def resolve_doc_ids(doc_ids: list[str], documents: pa.Table, source_ids: pa.Table | None = None) -> list[str | None]:
+    """Our doc ids for ids that are either ours or a source's own ids: `source_ids` maps every one,
+    deduplicated records' ids included (documents.source_id holds only the first of each)."""
     ours = set(documents["doc_id"].to_pylist())
     by_source: dict[str, str] = {}
+    if source_ids is not None:
+        by_source.update(zip(source_ids["source_id"].to_pylist(), source_ids["doc_id"].to_pylist()))
     if "source_id" in documents.column_names:
         for d, s in zip(documents["doc_id"].to_pylist(), documents["source_id"].to_pylist()):
             if s is not None:
@@ -66,7 +69,7 @@ def load_inputs(inputs, cfg: NegativesConfig) -> MiningInputs | None:
         j = judgments.filter(pc.and_(pc.is_in(judgments["judge"], value_set=pa.array(cfg.positive_judges, pa.string())),
                                      pc.greater_equal(pc.fill_null(judgments["grade"], -1), cfg.positive_grade)))
         pairs += list(zip(j["query_id"].to_pylist(), j["doc_id"].to_pylist()))
-    resolved = resolve_doc_ids([d for _, d in pairs], documents)
+    resolved = resolve_doc_ids([d for _, d in pairs], documents, inputs.get("source_ids"))
     keep_q, keep_d = [], []
     for (q, d), r in zip(pairs, resolved):
         if r is None:

@@ -33,8 +33,8 @@ STATE_FILE = "state.parquet"
 class Negatives(Stage):
     name = "negatives"
     section = "negatives"
-    reads = (Read("documents"), optional("queries"), optional("query_answerability"), Read("indexes/{index}"),
-             optional("indexes/bm25"), optional("judgments/*"))
+    reads = (Read("documents"), optional("source_ids"), optional("queries"), optional("query_answerability"),
+             Read("indexes/{index}"), optional("indexes/bm25"), optional("judgments/*"))
     incremental = True
     description = "hard negatives with composable policies (margins, judge filter, modality, sampling)"
 

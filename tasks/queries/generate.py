@@ -42,8 +42,11 @@ def target_fingerprints(cfg: QueriesConfig, prompts: dict | None = None) -> dict
 
 
 def render_prompt(template: str, text: str | None, caption: str | None, n: int) -> str:
-    """Placeholders are substituted literally, so braces inside documents are harmless."""
-    return template.replace("{text}", text or "").replace("{caption}", caption or "").replace("{n}", str(n))
+    """One pass over the placeholders, with the inserted text neutralised: a document can neither
+    close its triple-quoted block (however its quotes are spelled) nor fill another placeholder."""
+    from tasks.prompts.guard import fill, neutralise
+
+    return fill(template, {"text": neutralise(text or ""), "caption": neutralise(caption or ""), "n": str(n)})
 
 
 _BULLET = re.compile(r"^\s*(?:[-*•]+|\(?\d{1,2}[.):]|q\d*[.:)]|query\s*\d*[.:)])\s*", re.I)

@@ -20,7 +20,12 @@ class AccountingError(AssertionError):
 
 
 def payload_json(payload) -> str:
-    return json.dumps(payload, default=str, ensure_ascii=False)[:PAYLOAD_CHARS]
+    return storable(json.dumps(payload, default=str, ensure_ascii=False)[:PAYLOAD_CHARS])
+
+
+def storable(s: str) -> str:
+    """A string Arrow and DuckDB can store: a lone surrogate from bad input becomes an escape."""
+    return s.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class Quarantine:

@@ -80,7 +80,11 @@ def now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
-class CatalogBusy(RuntimeError):
+class CatalogError(RuntimeError):
+    """A catalog file that cannot be opened: missing, corrupt, or held by another process."""
+
+
+class CatalogBusy(CatalogError):
     """Another run holds the catalog lock."""
 
 
@@ -99,9 +103,19 @@ class DatasetVersion:
 
 
 class Catalog:
-    def __init__(self, path: str | Path, root=None):
+    def __init__(self, path: str | Path, root=None, read_only: bool = False):
+        """A writer's catalog creates the file and brings its DDL up to date; a read-only one
+        (every command that only reads) never writes, so it works on a read-only mount and
+        never takes the writer's lock."""
         self.path = str(path)
         self.root = root  # the DataRoot its paths are relative to (default: data/ beside the file)
+        self.read_only = read_only
+        if read_only:
+            if not Path(self.path).is_file():
+                raise CatalogError(f"no catalog file at {self.path}")
+            with self.connect():
+                pass
+            return
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         with self.connect() as con:
             _migrate(con)
@@ -110,16 +124,19 @@ class Catalog:
                 con.execute(sql)
 
     @contextlib.contextmanager
-    def connect(self, read_only: bool = False, retries: int = 50) -> Iterator[duckdb.DuckDBPyConnection]:
-        """Open, yield, close. Retries briefly when another process has the file open."""
+    def connect(self, read_only: bool | None = None, retries: int = 50) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Open, yield, close. Retries briefly when another process has the file open, then names it."""
+        from tasks.runtime.catalog_errors import open_error
+
+        read_only = self.read_only if read_only is None else read_only
         delay = 0.05
         for attempt in range(retries):
             try:
                 con = duckdb.connect(self.path, read_only=read_only)
                 break
-            except duckdb.IOException as e:
+            except duckdb.Error as e:
                 if "lock" not in str(e).lower() or attempt == retries - 1:
-                    raise
+                    raise open_error(self.path, e, read_only) from None
                 time.sleep(delay)
                 delay = min(delay * 1.5, 0.5)
         try:
@@ -127,9 +144,15 @@ class Catalog:
         finally:
             con.close()
 
-    def query(self, sql: str, params: list | None = None, views: bool = True) -> pa.Table:
-        """Run SQL; the datasets it names are registered first as views of their current versions."""
-        with self.connect() as con:
+    def query(self, sql: str, params: list | None = None, views: bool = True, read_only: bool | None = None) -> pa.Table:
+        """Run SQL; the datasets it names are registered first as views of their current versions.
+        `read_only` runs it on a connection that can change neither the catalog nor any file."""
+        read_only = self.read_only if read_only is None else read_only
+        with self.connect(read_only=read_only) as con:
+            if read_only:
+                from tasks.runtime.catalog_errors import lock_down
+
+                lock_down(con)
             if views:
                 register_views(self, con, sql)
             return con.sql(sql, params=params or None).to_arrow_table()

@@ -79,6 +79,9 @@ def refuse_old_catalog(catalog) -> None:
 def open_run(config: BuildConfig, flow: str, *, params: dict | None = None, holder: str | None = None,
              prefect_flow_run_id: str | None = None, logger=None, quiet: bool = False) -> Iterator[Run]:
     """Lock the catalog, record the run, yield it, and record how it ended."""
+    from tasks.runtime.preflight import check_run_paths
+
+    check_run_paths(config)
     run = Run.open(config, flow=flow, quiet=quiet)
     if logger is not None:
         run.logger = logger

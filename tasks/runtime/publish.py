@@ -72,6 +72,9 @@ def suite_fingerprint(name: str, extra: list[dict] | None) -> str:
 def publish(catalog: Catalog, root: DataRoot, name: str, output: Output | pa.Table, *,
             parents: list[DatasetVersion] = (), run_id: str | None = None, stage: str | None = None,
             fingerprint: str | None = None, extra_expectations: list[dict] | None = None) -> PublishResult:
+    from tasks.runtime.sql import check_dataset_name
+
+    check_dataset_name(name)
     out = output if isinstance(output, Output) else Output(output)
     current = catalog.current(name)
     cur_ds = _open_current(root, current) if current is not None else None
@@ -283,11 +286,22 @@ def _open_current(root: DataRoot, current: DatasetVersion):
     if current.table_version is None:
         raise OldCatalog(current)
     try:
-        return versions.open_dataset(root.absolute(current.path), current.table_version, root.storage_options)
+        ds = versions.open_dataset(root.absolute(current.path), current.table_version, root.storage_options)
+        missing = versions.missing_files(ds, root.absolute(current.path), root.fs)
     except (ValueError, OSError, RuntimeError) as e:
         log.warning("%s: its data at %s cannot be read (%s); publishing the new version whole", current.ref,
                     current.path, e)
         return None
+    if missing:
+        log.warning("%s: %d of its data files are missing (e.g. %s); publishing the new version whole",
+                    current.ref, len(missing), missing[0])
+        return None
+    return ds
+
+
+def intact(root: DataRoot, ref: DatasetVersion) -> bool:
+    """Whether a version's data is all there, so an incremental stage may build on it."""
+    return ref.table_version is not None and _open_current(root, ref) is not None
 
 
 def _upload(root: DataRoot, name: str, attachments: dict[str, str]) -> str | None:

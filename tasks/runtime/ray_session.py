@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from typing import Iterator
 
 log = logging.getLogger(__name__)
@@ -35,14 +36,56 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         _reachable(address)
         ray.init(address=address, **kwargs)
     else:
-        # local Ray binds its GCS, raylet and object manager to loopback: nothing listens outside
-        ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=_local_gpus(),
-                 _node_ip_address=os.environ.get("CORPUSFORGE_RAY_NODE_IP", "127.0.0.1"), **kwargs)
+        # local Ray binds its GCS, raylet and object manager to loopback: nothing listens outside.
+        # Its processes (and every worker they fork) inherit the environment at this moment, so
+        # API keys are out of it while Ray starts: model-API calls run in the driver only.
+        with without_secrets(), _loopback_node(os.environ.get("CORPUSFORGE_RAY_NODE_IP", "127.0.0.1")) as ip:
+            ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=_local_gpus(), _node_ip_address=ip, **kwargs)
     try:
         _quiet_ray_data()
         yield
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def _loopback_node(ip: str) -> Iterator[str]:
+    """Make a local Ray node really use `ip`. ray.init turns a loopback `_node_ip_address` into the
+    host's routable address (and its gRPC servers then listen on every interface) unless Ray thinks
+    it runs single-node, as it does on macOS and Windows; say so for the start-up only."""
+    from ray._private import ray_constants
+
+    if ip not in ("127.0.0.1", "localhost", "::1"):
+        yield ip
+        return
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield ip
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+# names of environment variables that hold API keys and tokens; object-store credentials (AWS_*,
+# GOOGLE_*, AZURE_*) stay, since workers read and write shards on the data root themselves
+_SECRET_NAME = re.compile(r"(API_?KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
+_STORAGE = ("AWS_", "GOOGLE_", "AZURE_", "CORPUSFORGE_")
+
+
+def secret_names(environ=None) -> list[str]:
+    environ = os.environ if environ is None else environ
+    return sorted(k for k in environ if _SECRET_NAME.search(k) and not k.upper().startswith(_STORAGE))
+
+
+@contextlib.contextmanager
+def without_secrets() -> Iterator[None]:
+    """Take API keys out of os.environ for the block (the processes it starts inherit none), then
+    put them back for the driver."""
+    saved = {k: os.environ.pop(k) for k in secret_names()}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def _reachable(address: str, timeout_s: float = 5.0) -> None:

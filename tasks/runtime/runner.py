@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.tables import QUARANTINE
-from tasks.runtime.accounting import AccountingError
+from tasks.runtime.accounting import AccountingError, storable
 from tasks.runtime.cache import WorkCache
 from tasks.runtime.compute import ShardWriter, compute
 from tasks.runtime.inputs import Inputs
@@ -321,6 +321,7 @@ def account(stage: Stage, units: Units, wr: WorkResult, assembled: Assembled, in
     asm_q = [str(r["key"]) for r in assembled.quarantined]
     q_rows += [{"stage": stage.name, "key": str(r["key"]), "reason": r["reason"], "payload": _payload(r.get("payload"))}
                for r in assembled.quarantined]
+    q_rows = [r | {"key": storable(r["key"]), "reason": storable(str(r["reason"]))} for r in q_rows]
     rows_in = len(ids) + len(units.rejected) + len(units.duplicates)
     rows_out, rows_dedup, rows_q = len(produced), len(dedup) + len(units.duplicates), len(q_rows)
     fates = [produced, set(asm_q), dedup, failed_ids]
@@ -403,5 +404,9 @@ def resolve_inputs(run: "Run", stage: Stage, refs: dict) -> Inputs:
         if read.required and not any(read.matches(n) for n in chosen):
             raise LookupError(f"stage {stage.name} needs the dataset '{read.name}', which the catalog "
                               f"{run.catalog.path} does not have yet; run the stage that writes it first")
-    previous = {n: current[n] for n in stage.outputs() if n in current} if stage.incremental else {}
+    previous = {}
+    if stage.incremental:  # a previous version that lost data files is no base for a delta: recompute
+        from tasks.runtime.publish import intact
+
+        previous = {n: current[n] for n in stage.outputs() if n in current and intact(run.root, current[n])}
     return Inputs(run.config, chosen, run=run, previous=previous, params=stage.params)

@@ -34,3 +34,16 @@ def view_name(dataset: str) -> str:
     if not _SAFE_VIEW.match(name):
         raise ValueError(f"dataset name {dataset!r} cannot become an SQL view name")
     return name
+
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_dataset_name(name: str) -> str:
+    """A dataset name as the write path accepts it: '/'-separated simple segments (no '..', no
+    quotes, no whitespace), since it becomes a path under the data root and an SQL view name."""
+    parts = name.split("/") if isinstance(name, str) else []
+    if not parts or len(name) > 256 or not all(_SEGMENT.match(p) and ".." not in p for p in parts):
+        raise ValueError(f"{name!r} is not a valid dataset name: use '/'-separated parts of letters, digits, "
+                         "'.', '_' or '-', each starting with a letter or digit")
+    return name

@@ -133,6 +133,19 @@ def shard_files(ds) -> list[str]:
     return sorted(d.path for f in ds.get_fragments() for d in f.data_files())
 
 
+def missing_files(ds, uri: str, fs) -> list[str]:
+    """Data files of the version that are gone from the store (deleted by hand, a failed sync): a
+    version that lost one cannot be diffed against, and is republished whole."""
+    import posixpath
+
+    import pyarrow.fs as pafs
+
+    base = uri.split("://", 1)[1] if "://" in uri else uri
+    paths = [p if "://" in p or p.startswith("/") else posixpath.join(base, "data", p) for p in shard_files(ds)]
+    infos = fs.get_file_info(paths) if paths else []
+    return [p for p, i in zip(paths, infos) if i.type == pafs.FileType.NotFound]
+
+
 def batches(ds, columns: list[str] | None = None, filter: str | None = None,
             batch_size: int = 65_536, with_rowaddr: bool = False) -> Iterator[pa.RecordBatch]:
     """The rows of a version, streamed in batches (never the whole table in memory)."""

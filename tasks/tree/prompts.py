@@ -1,8 +1,7 @@
 """Versioned prompt files for the tree stage (`tasks/prompts/tree_*.txt`).
 
 A prompt's version is the hash of its text, so editing a prompt changes the summarizer's
-identity and the tree's fingerprint; placeholders are `{name}` and are filled by plain
-replacement, so JSON examples in a prompt need no escaping.
+identity and the tree's fingerprint; placeholders are `{name}` and are filled in one pass, so JSON examples in a prompt need no escaping.
 """
 from __future__ import annotations
 
@@ -26,10 +25,10 @@ def version(name: str) -> str:
 
 
 def render(name: str, **values: str) -> str:
-    text = load(name)
-    for key, value in values.items():
-        text = text.replace("{" + key + "}", value)
-    return text
+    """One pass, so a document that holds `{members}` is never substituted again."""
+    from tasks.prompts.guard import fill
+
+    return fill(load(name), values)
 
 
 def as_chat(prompt: str) -> list[dict]:

@@ -1,0 +1,68 @@
+"""Config loading refuses what would hang or inject: alias bombs, names that are not names."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from schemas.config import ConfigError, load_config
+from tests.conftest import REPO
+
+BOMB = """\
+a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+"""
+
+
+def test_yaml_alias_bomb_is_refused(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB)
+    assert len(BOMB) < 1024
+    with pytest.raises(ConfigError, match="alias bomb"):
+        load_config(path)
+
+
+def test_ordinary_anchors_still_load(tmp_path):
+    path = tmp_path / "ok.yaml"
+    path.write_text("name: anchors\nx-root: &root /tmp/c\ncorpus:\n  root: *root\n  sources:\n"
+                    "    - {kind: manifest, path: a.jsonl}\n")
+    with pytest.raises(ConfigError, match="x-root"):  # the anchor holder is an unknown key, as usual
+        load_config(path)
+    path.write_text("name: anchors\ncorpus:\n  root: &r /tmp/c\n  sources:\n    - {kind: manifest, path: a.jsonl}\n"
+                    "tree: {name: t1}\n")
+    assert load_config(path).tree.name == "t1"
+
+
+@pytest.mark.parametrize("name", ["a\t'b", 'x"; DROP TABLE datasets; --', "../up", "", "a/b"])
+def test_names_that_reach_sql_or_paths_are_validated(tmp_path, name):
+    path = tmp_path / "c.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump({"tree": {"name": name}}))
+    with pytest.raises(ConfigError, match="tree.name"):
+        load_config(path)
+
+
+def test_dataset_names_are_checked_at_the_write_path():
+    from tasks.runtime.sql import check_dataset_name
+
+    assert check_dataset_name("tree_nodes/default") == "tree_nodes/default"
+    for bad in ["tree_nodes/a\t'b", "x/../../etc", "/abs", "a//b", 'q"x']:
+        with pytest.raises(ValueError, match="not a valid dataset name"):
+            check_dataset_name(bad)
+
+
+def test_importing_flows_sets_a_generous_prefect_startup_wait():
+    env = {"PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", "import flows, os; "
+                          "print(os.environ['PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS'])"],
+                         capture_output=True, text=True, env=env, check=True, cwd=REPO)
+    assert int(out.stdout.strip()) >= 60
