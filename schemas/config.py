@@ -218,6 +218,9 @@ class ExportConfig(Strict):
     prompt: str = Field("", description="FlagEmbedding `prompt` (the query instruction)")
     task_type: str = Field("normal", description="FlagEmbedding `type`")
     images: Literal["copy", "link"] = Field("copy", description="M-BEIR: copy or symlink the images")
+    mbeir_dataset_id: int = Field(10, ge=0, description="M-BEIR: the dataset id in '<dataset_id>:<n>' ids (UniIR's "
+                                  "own datasets use 0-9)")
+    mbeir_split: Literal["train", "val", "test"] = Field("train", description="M-BEIR: the split the queries go to")
     licenses: dict[str, str] = Field(default_factory=dict, description="source name -> licence, for the card")
 
 
@@ -442,6 +445,14 @@ def load_config(path: str | Path, overrides: dict | None = None) -> BuildConfig:
     raw = _deep_merge(raw, overrides or {})
     raw["config_dir"] = str(path.resolve().parent)
     return config_from_dict(raw, source=str(path))
+
+
+def check_buildable(cfg: BuildConfig) -> BuildConfig:
+    """A config a build can run: it names a corpus. Checked before Prefect starts."""
+    if cfg.corpus is None:
+        raise ConfigError(f"the config '{cfg.name}' has no `corpus` section: a build needs corpus.root "
+                          "and corpus.sources\n  see infra/configs/sample.yaml for a complete example")
+    return cfg
 
 
 def config_from_dict(raw: dict, source: str = "(dict)") -> BuildConfig:

@@ -109,15 +109,15 @@ def test_build_writes_prefect_artifacts(first_build):
     async def fetch():
         async with get_client() as client:
             return await client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["build-stages", "build-quarantine"])))
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["sample-build-stages", "sample-build-quarantine"])))
 
     import asyncio
 
     arts = asyncio.run(fetch())
-    stages = [a for a in arts if a.key == "build-stages"][-1]
+    stages = [a for a in arts if a.key == "sample-build-stages"][-1]
     data = stages.data if isinstance(stages.data, list) else json.loads(stages.data)
     assert {row["stage"] for row in data} >= {"ingest", "embed_text"}
-    md = [a for a in arts if a.key == "build-quarantine"][-1].data
+    md = [a for a in arts if a.key == "sample-build-quarantine"][-1].data
     assert "image path escapes the corpus root" in md
 
 

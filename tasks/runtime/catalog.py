@@ -106,6 +106,7 @@ class Catalog:
         with self.connect() as con:
             _migrate(con)
             con.execute(DDL)
+            _backfill_reason_codes(con)
             for sql in _EXTRA_DDL:
                 con.execute(sql)
 
@@ -212,12 +213,19 @@ class Catalog:
             )
 
     def add_quarantine(self, run_id: str | None, rows: pa.Table) -> None:
+        """Rows of (stage, key, reason, payload[, code]); a missing code is derived from the reason."""
         if rows.num_rows == 0:
             return
+        if "code" not in rows.column_names:
+            from tasks.runtime.reasons import reason_code
+
+            rows = rows.append_column("code", pa.array([reason_code(r) for r in rows["reason"].to_pylist()],
+                                                       pa.string()))
         with self.connect() as con:
             con.register("q", rows)
             con.execute(
-                "INSERT INTO quarantine SELECT ?, stage, key, reason, payload, ? FROM q", [run_id, now()]
+                "INSERT INTO quarantine (run_id, stage, key, reason, payload, created_at, code) "
+                "SELECT ?, stage, key, reason, payload, ?, code FROM q", [run_id, now()]
             )
 
     # ---- datasets -------------------------------------------------------------------------
@@ -252,7 +260,7 @@ class Catalog:
                            [name]).fetchone()[0]
 
     def lineage(self, name: str, version: int | None = None) -> pa.Table:
-        """All ancestors of a dataset version, one row per edge, nearest first."""
+        """All ancestors of a dataset version, each edge once (at its nearest depth), nearest first."""
         if version is None:
             cur = self.current(name)
             if cur is None:
@@ -267,8 +275,9 @@ class Catalog:
                 SELECT l.name, l.version, l.parent_name, l.parent_version, up.depth + 1
                 FROM lineage l JOIN up ON l.name = up.parent_name AND l.version = up.parent_version
             )
-            SELECT DISTINCT depth, name, version, parent_name, parent_version FROM up
-            ORDER BY depth, name, parent_name
+            SELECT min(depth) AS depth, name, version, parent_name, parent_version FROM up
+            GROUP BY name, version, parent_name, parent_version
+            ORDER BY depth, name, parent_name, parent_version
             """,
             [name, version],
         )
@@ -286,6 +295,15 @@ def _migrate(con: duckdb.DuckDBPyConnection) -> None:
         log.warning("catalog migration: the old `indexes` table is replaced by dataset versions "
                     "indexes/<name>; the next build rebuilds the indexes")
         con.execute("DROP TABLE indexes")
+
+
+def _backfill_reason_codes(con: duckdb.DuckDBPyConnection) -> None:
+    """Quarantine rows from before the code column get the code add_quarantine gives new ones."""
+    from tasks.runtime.reasons import reason_code
+
+    reasons = [r[0] for r in con.execute("SELECT DISTINCT reason FROM quarantine WHERE code IS NULL").fetchall()]
+    for reason in reasons:
+        con.execute("UPDATE quarantine SET code = ? WHERE code IS NULL AND reason = ?", [reason_code(reason), reason])
 
 
 def _user() -> str:

@@ -340,8 +340,10 @@ class TreeStage(Stage):
         if _in_prefect_run() and outcome.tables:
             from prefect.artifacts import create_markdown_artifact
 
+            from tasks.runtime.prefect_support import artifact_key
+
             nodes = outcome.tables[nodes_dataset(self.cfg.name)].table
-            create_markdown_artifact(key=f"tree-{self.cfg.name}".replace("_", "-").lower(),
+            create_markdown_artifact(key=artifact_key(self.config.name, f"tree-{self.cfg.name}"),
                                      markdown=outline(nodes, outcome.rows_out, n["height"]),
                                      description=f"Top of tree {self.cfg.name}")
 
