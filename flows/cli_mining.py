@@ -66,8 +66,6 @@ def cmd_export(args) -> int:
         counts = {k: v for k, v in r["counts"].items() if not isinstance(v, (list, dict))}
         counts["files"] = len(r["counts"].get("files", []))
         print(f"{fmt:<22} {r['path']}  {json.dumps(counts)}")
-        for warning in r.get("warnings", []):
-            print(f"  note: {warning}")
     return 0
 
 

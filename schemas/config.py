@@ -215,6 +215,8 @@ class ExportConfig(Strict):
     out: str = Field("exports", description="where `corpusforge export` writes by default")
     num_negatives: int | None = Field(None, ge=1, description="sentence-transformers: negative_1..n columns")
     scores: bool = Field(False, description="sentence-transformers: add a `scores` column [pos, neg_1..n]")
+    dev_fraction: float = Field(0.1, ge=0, lt=1, description="sentence-transformers: share of the queries held "
+                                "out as the dev split (queries, corpus, relevant docs) for InformationRetrievalEvaluator")
     prompt: str = Field("", description="FlagEmbedding `prompt` (the query instruction)")
     task_type: str = Field("normal", description="FlagEmbedding `type`")
     images: Literal["copy", "link"] = Field("copy", description="M-BEIR: copy or symlink the images")

