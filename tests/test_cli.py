@@ -36,6 +36,10 @@ def test_version_and_help(capsys):
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"corpusforge {version()}"
+    import os
+
+    # quiet by default: no weight-loading bars, no Ray C++ warnings (unless the user set otherwise)
+    assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] and os.environ["RAY_BACKEND_LOG_LEVEL"]
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     for name in ("build", "search-tree", "search-index", "search-tree-queries", "agreement", "export"):
