@@ -257,11 +257,12 @@ for _module in COMMAND_MODULES:
 
 def _user_error(e: BaseException) -> str | None:
     """The message of an error the user resolves (a state of the catalog, a missing input), else None."""
+    from schemas.config import ConfigError
     from tasks.runtime.catalog import CatalogBusy
     from tasks.runtime.publish import OldCatalog
     from tasks.runtime.ray_session import ResourceUnavailable
 
-    if isinstance(e, (OldCatalog, CatalogBusy, ResourceUnavailable, FileNotFoundError)):
+    if isinstance(e, (ConfigError, OldCatalog, CatalogBusy, ResourceUnavailable, FileNotFoundError)):
         return str(e)
     if isinstance(e, LookupError) and not isinstance(e, KeyError):
         return str(e)
@@ -272,9 +273,30 @@ def _user_error(e: BaseException) -> str | None:
     return None
 
 
+class _NoUserErrorTracebacks:
+    """A logging filter for Prefect's run loggers: a task or flow that failed on an error the user
+    fixes logs its one-line message, without the traceback (the CLI then prints the remedy)."""
+
+    def filter(self, record) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and _user_error(exc) is not None:
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_tracebacks() -> None:
+    import logging
+
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoUserErrorTracebacks) for f in logger.filters):
+            logger.addFilter(_NoUserErrorTracebacks())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit status (0 ok, 1 an error with its remedy, 2 usage or config)."""
     _env_defaults()
+    _quiet_tracebacks()
     from schemas.config import ConfigError
 
     command = typer.main.get_command(app)

@@ -323,7 +323,7 @@ class TreeConfig(Strict):
     """LATTICE semantic tree over the document embeddings, built after the embed stage."""
 
     enabled: bool = switch(True)
-    name: Name = Field("default", description="tree name: dataset tree_nodes/<name>, `corpusforge search --tree`")
+    name: Name = Field("default", description="tree name: dataset tree_nodes/<name>, `corpusforge search-tree --tree`")
     build: Literal["bottom_up", "top_down"] = "bottom_up"
     max_branching: int = Field(10, ge=2, le=100, description="M: children per node at most")
     group_by: Literal["none", "source_id"] = Field("none", description="bottom-up: first level from metadata groups")

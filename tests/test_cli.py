@@ -191,3 +191,27 @@ def test_artifact_keys_name_the_corpus():
 
     assert artifact_key("sample", "build-stages") == "sample-build-stages"
     assert artifact_key("My_Corpus.v2", "progress-embed_text") == "my-corpus-v2-progress-embed-text"
+
+
+def test_an_error_the_user_can_fix_is_one_line_with_the_remedy(tmp_path, prefect_harness, capsys):
+    """`export` on a catalog without negatives, through the Prefect flow: exit 1, no traceback."""
+    import logging
+
+    from flows.cli import main
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = records.append
+    logger = logging.getLogger("prefect.task_runs")
+    logger.addHandler(handler)
+    try:
+        catalog = tmp_path / "work" / "catalog.duckdb"
+        assert main(["export", "--catalog", str(catalog), "--kind", "flagembedding", "--out", str(tmp_path / "o"),
+                     "--quiet"]) == 1
+    finally:
+        logger.removeHandler(handler)
+    err = capsys.readouterr().err
+    assert "error: the flagembedding export needs mined negatives" in err and "corpusforge mine" in err
+    assert "Traceback" not in err
+    failed = [r for r in records if "needs mined negatives" in r.getMessage()]
+    assert failed and all(r.exc_info is None for r in failed)  # Prefect logged the message, not a traceback
