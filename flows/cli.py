@@ -107,6 +107,7 @@ def catalog_path(args) -> str:
 
 
 def open_catalog(args, must_exist: bool = True):
+    import tasks.judge.analysis  # noqa: F401 - the judgment views and macros, in every catalog opened
     from flows.common import config_for
     from tasks.runtime.catalog import Catalog
     from tasks.runtime.storage import DataRoot

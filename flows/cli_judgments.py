@@ -207,7 +207,6 @@ def cmd_judge(args) -> int:
 def register(app) -> None:
     import typer
 
-    import tasks.judge.analysis  # noqa: F401 - registers the judgment views with every catalog opened
     from flows.cli import CatalogOpt, ConfigOpt, FormatOpt, OutputFormat, QuietOpt, ns
 
     Paths = Annotated[list[str], typer.Argument(help="TREC files or directories of them")]
