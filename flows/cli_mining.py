@@ -4,8 +4,6 @@ import json
 from enum import Enum
 from typing import Annotated, Optional
 
-from flows.cli import catalog_path, print_table
-
 
 class Retriever(str, Enum):
     dense = "dense"
@@ -24,6 +22,7 @@ class ExportKind(str, Enum):
 def cmd_search_index(args) -> int:
     import pyarrow as pa
 
+    from flows.cli import print_table
     from flows.common import config_for
     from tasks.index.search import search
     from tasks.index.store import IndexStore
@@ -55,6 +54,7 @@ def cmd_search_index(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from flows.cli import catalog_path
     from flows.export import export_flow
 
     overrides = {k: v for k, v in {"num_negatives": args.num_negatives, "scores": args.scores or None,
