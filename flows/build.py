@@ -10,7 +10,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from schemas.config import BuildConfig, ConfigError, config_from_dict, load_config
+from schemas.config import check_buildable, config_from_dict, load_config
 from tasks.caption import Caption
 from tasks.embed import EmbedImage, EmbedText
 from tasks.index.stage import Index
@@ -20,7 +20,7 @@ from tasks.negatives.stage import Negatives
 from tasks.queries.answerability import Answerability
 from tasks.queries.stage import Queries
 from tasks.runtime.lifecycle import Run, open_run
-from tasks.runtime.prefect_support import stage_task
+from tasks.runtime.prefect_support import artifact_key, stage_task
 from tasks.runtime.ray_session import ray_session
 from tasks.tree.stage import TreeStage
 
@@ -39,11 +39,6 @@ def run_stages(run: Run, stages=STAGES) -> dict:
         wanted = {n: ref for n, ref in refs.items() if any(r.matches(n) for r in stage.inputs())}
         refs.update(stage_task(stage, run.config.flow)(run, stage, wanted))
     return refs
-
-
-def check_buildable(cfg: BuildConfig) -> None:
-    if cfg.corpus is None:
-        raise ConfigError("the config has no `corpus` section: a build needs corpus.root and corpus.sources")
 
 
 @flow(name="build", log_prints=False)
@@ -71,9 +66,7 @@ def build(config_path: str | None = None, config: dict | None = None) -> dict:
 
 
 def run_summary(run: Run, refs: dict) -> dict:
-    quarantine = run.catalog.query(
-        "SELECT stage, reason, count(*) AS n FROM quarantine WHERE run_id = ? GROUP BY ALL ORDER BY n DESC",
-        [run.run_id]).to_pylist()
+    quarantine = quarantine_by_code(run)
     return {
         "run_id": run.run_id,
         "catalog": run.config.catalog_path,
@@ -96,17 +89,24 @@ def nothing_to_do(stages: list[dict]) -> str | None:
             f"{ingest['rows_deduplicated']} deduplicated); see `corpusforge quarantine --summary`")
 
 
+def quarantine_by_code(run: Run) -> list[dict]:
+    """This run's quarantine counted by stage and reason code, with one example reason each."""
+    return run.catalog.query(
+        "SELECT stage, code, min(reason) AS reason, count(*) AS n FROM quarantine "
+        "WHERE run_id = ? GROUP BY stage, code ORDER BY n DESC, stage, code", [run.run_id]).to_pylist()
+
+
 def _artifacts(run: Run, failed: str | None = None) -> None:
     rows = [{k: s[k] for k in ("stage", "status", "rows_in", "rows_out", "rows_quarantined",
                                 "rows_deduplicated", "model_calls", "cache_hits", "seconds")}
             | {"published": ", ".join(f"{ref}{'' if new else ' (unchanged)'}" for ref, new in s["published"].values())}
             for s in run.summaries]
-    create_table_artifact(key="build-stages", table=rows,
+    create_table_artifact(key=artifact_key(run.config.name, "build-stages"), table=rows,
                           description=f"Stage counts and timings of run {run.run_id}")
-    q = run.catalog.query("SELECT stage, reason, count(*) AS n FROM quarantine WHERE run_id = ? "
-                          "GROUP BY ALL ORDER BY n DESC", [run.run_id]).to_pylist()
+    q = quarantine_by_code(run)
     lines = [f"## Run {run.run_id}: {'FAILED: ' + failed if failed else 'completed'}", "",
-             "### Quarantine by reason", "", "| stage | reason | rows |", "|---|---|---|"]
-    lines += [f"| {r['stage']} | {r['reason'].replace('|', '/')} | {r['n']} |" for r in q] or ["| - | none | 0 |"]
-    create_markdown_artifact(key="build-quarantine", markdown="\n".join(lines),
+             "### Quarantine by reason", "", "| stage | code | example reason | rows |", "|---|---|---|---|"]
+    lines += [f"| {r['stage']} | {r['code']} | {r['reason'].replace('|', '/')} | {r['n']} |" for r in q] \
+        or ["| - | none | - | 0 |"]
+    create_markdown_artifact(key=artifact_key(run.config.name, "build-quarantine"), markdown="\n".join(lines),
                              description="Quarantined rows of this run, by reason")

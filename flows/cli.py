@@ -1,30 +1,101 @@
-"""The `corpusforge` command line.
+"""The `corpusforge` command line (typer).
 
-Core commands live here; each capability adds its own from a `flows/cli_<area>.py` module
-listed in COMMAND_MODULES, which exposes `register(subparsers)`.
+One convention for every command:
+- `--catalog PATH` or `--config FILE` names the catalog a command reads or writes;
+- `--format table|csv|json` is the output format of anything that prints rows (export kinds are `--kind`);
+- `--width N` caps a printed column or line, `--limit N` the rows, `--k N` the hits of a search;
+- `--quiet` on commands that do long work turns progress bars and progress lines off;
+- a repeatable option is singular (`--judge A --judge B`).
+
+Core commands live here; each capability adds its own from a `flows/cli_<area>.py` module listed
+in COMMAND_MODULES, which exposes `register(app)`. An error the user can fix prints one message
+with the remedy (exit 1; 2 for a bad config or usage), never a traceback.
 """
-from __future__ import annotations
 
-import argparse
+import contextlib
 import importlib
-import json
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Annotated, Optional
+
+import typer
+
+from flows.cli_output import OutputFormat, print_build_summary, print_table  # noqa: F401 - used by cli_* modules
 
 COMMAND_MODULES: list[str] = ["flows.cli_judgments", "flows.cli_tree", "flows.cli_mining", "flows.cli_generation",
                               "flows.cli_evaluate", "flows.cli_train"]
 
 DEFAULT_CATALOG = ".corpusforge/catalog.duckdb"
 
+# ---- the shared options -----------------------------------------------------------------------
+CatalogOpt = Annotated[Optional[str], typer.Option(
+    "--catalog", help=f"DuckDB catalog file (default: $CORPUSFORGE_CATALOG, else {DEFAULT_CATALOG})")]
+ConfigOpt = Annotated[Optional[str], typer.Option("--config", help="a build config (YAML); its catalog is used")]
+ConfigReq = Annotated[str, typer.Option("--config", help="YAML build config")]
+FormatOpt = Annotated[OutputFormat, typer.Option("--format", help="output format", case_sensitive=False)]
+WidthOpt = Annotated[int, typer.Option("--width", min=10, help="characters per printed column (or line)")]
+LimitOpt = Annotated[int, typer.Option("--limit", min=1, help="rows to print")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or progress lines")]
+
+app = typer.Typer(name="corpusforge", help="Multimodal retrieval corpora and graded relevance judgments.", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False, rich_markup_mode=None,
+                  context_settings={"help_option_names": ["-h", "--help"]})
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as v
+
+    try:
+        return v("corpusforge")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"corpusforge {version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(show_version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                                     help="print the version and exit")] = False) -> None:
+    """Multimodal retrieval corpora and graded relevance judgments."""
+
 
 def _env_defaults() -> None:
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    """Quiet by default: no telemetry, no weight-loading bars, no Ray C++ or library chatter."""
+    for k, v in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0",
+                 "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                 "TRANSFORMERS_VERBOSITY": "error", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+                 "RAY_BACKEND_LOG_LEVEL": "error", "RAY_DEDUP_LOGS": "1", "GLOG_minloglevel": "2"}.items():
+        os.environ.setdefault(k, v)
+    import logging
+
+    for name in ("great_expectations", "ray", "urllib3", "httpx", "filelock", "sentence_transformers"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
+@contextlib.contextmanager
+def quiet_progress(quiet: bool):
+    """`--quiet`: progress off for this command (the env reaches Ray workers and Prefect tasks)."""
+    old = os.environ.get("CORPUSFORGE_QUIET")
+    if quiet:
+        os.environ["CORPUSFORGE_QUIET"] = "1"
+    try:
+        yield
+    finally:
+        if quiet:
+            if old is None:
+                os.environ.pop("CORPUSFORGE_QUIET", None)
+            else:
+                os.environ["CORPUSFORGE_QUIET"] = old
+
+
+# ---- catalogs -----------------------------------------------------------------------------------
 def catalog_path(args) -> str:
     """--catalog, else the catalog of --config, else $CORPUSFORGE_CATALOG, else the default."""
     if getattr(args, "catalog", None):
@@ -37,6 +108,7 @@ def catalog_path(args) -> str:
 
 
 def open_catalog(args, must_exist: bool = True):
+    import tasks.judge.analysis  # noqa: F401 - the judgment views and macros, in every catalog opened
     from flows.common import config_for
     from tasks.runtime.catalog import Catalog
     from tasks.runtime.storage import DataRoot
@@ -49,85 +121,24 @@ def open_catalog(args, must_exist: bool = True):
     return Catalog(path, DataRoot(cfg.data_root_uri), read_only=True)  # every caller only reads
 
 
-def add_catalog_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--catalog", help=f"DuckDB catalog file (default $CORPUSFORGE_CATALOG or {DEFAULT_CATALOG})")
-    p.add_argument("--config", help="a build config; its catalog is used")
-
-
-def print_table(table, fmt: str = "table", max_width: int = 60) -> None:
-    rows = table.to_pylist() if hasattr(table, "to_pylist") else table
-    cols = table.column_names if hasattr(table, "column_names") else (list(rows[0]) if rows else [])
-    if fmt == "json":
-        print(json.dumps(rows, indent=2, default=str))  # JSON escapes every control character
-        return
-    if fmt == "csv":
-        import csv
-
-        w = csv.writer(sys.stdout)
-        w.writerow(cols)
-        for r in rows:
-            w.writerow([_fmt(r[c], None) for c in cols])
-        return
-    cells = [[_fmt(r[c], max_width) for c in cols] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
-    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
-    print("  ".join("-" * w for w in widths))
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
-    print(f"({len(rows)} rows)")
-
-
-def _fmt(v, width: int | None) -> str:
-    if v is None:
-        s = ""
-    elif isinstance(v, float):
-        s = f"{v:.4f}"
-    else:
-        s = str(v)
-    from tasks.runtime.terminal import terminal_safe
-
-    s = terminal_safe(s)
-    return s if width is None or len(s) <= width else s[: width - 1] + "…"
+def ns(**kwargs) -> SimpleNamespace:
+    """The parsed options as one object, for the command bodies."""
+    return SimpleNamespace(**kwargs)
 
 
 # ---- commands --------------------------------------------------------------------------------
-def cmd_build(args) -> int:
+@app.command("build")
+def build_cmd(config: ConfigReq, quiet: QuietOpt = False) -> int:
+    """Build or refresh a corpus (the Prefect `build` flow)."""
+    from schemas.config import check_buildable, load_config
+
+    check_buildable(load_config(config))  # a bad config fails here, before Prefect starts
     from flows.build import build
 
-    result = build(config_path=args.config)
-    print_build_summary(result)
+    with quiet_progress(quiet):
+        result = build(config_path=config)
+    print_build_summary(result, _invocation())
     return 0
-
-
-def print_build_summary(result: dict) -> None:
-    print()
-    print(f"corpusforge build {result['run_id']}: completed")
-    if result.get("note"):
-        print(result["note"])
-    print()
-    print("Stages:")
-    for s in result["stages"]:
-        print(f"  {s['stage']:<12} in={s['rows_in']:<6} out={s['rows_out']:<6} quarantined={s['rows_quarantined']:<4} "
-              f"deduplicated={s['rows_deduplicated']:<4} model_calls={s['model_calls']:<6} "
-              f"cache_hits={s['cache_hits']:<6} {s['seconds']:.2f}s")
-    print()
-    print("Datasets (current versions):")
-    for name, d in sorted(result["datasets"].items()):
-        print(f"  {name:<22} v{d['version']:<4} {d['rows']} rows")
-    print()
-    print("Quarantined this run, by reason:")
-    if not result["quarantine"]:
-        print("  none")
-    for q in result["quarantine"]:
-        print(f"  {q['n']:>4}  [{q['stage']}] {q['reason']}")
-    print()
-    print(f"Catalog:   {result['catalog']}")
-    print(f"Data root: {result['data_root']}")
-    print()
-    print("Look at it with SQL:")
-    exe = _invocation()
-    print(f"  {exe} sql --catalog {result['catalog']} \"SELECT name, version, row_count, created_at FROM datasets WHERE is_current\"")
-    print(f"  {exe} sql --catalog {result['catalog']} \"SELECT modality, count(*) AS n, any_value(text) AS example FROM documents GROUP BY ALL\"")
 
 
 def _invocation() -> str:
@@ -143,145 +154,175 @@ def _invocation() -> str:
     return "corpusforge"
 
 
-def cmd_datasets(args) -> int:
-    cat = open_catalog(args)
-    where = "" if args.all else "WHERE is_current"
+@app.command("datasets")
+def datasets_cmd(catalog: CatalogOpt = None, config: ConfigOpt = None,
+                 all: Annotated[bool, typer.Option("--all", help="every version, not only the current ones")] = False,
+                 format: FormatOpt = OutputFormat.table, width: WidthOpt = 60) -> int:
+    """Dataset versions in the catalog."""
+    cat = open_catalog(ns(catalog=catalog, config=config))
+    where = "" if all else "WHERE is_current"
     print_table(cat.query(f"SELECT name, version, row_count, is_current, created_at, run_id, "
                           f"substr(content_hash, 1, 12) AS content_hash, path FROM datasets {where} "
-                          "ORDER BY name, version"), args.format)
+                          "ORDER BY name, version"), format, width)
     return 0
 
 
-def cmd_lineage(args) -> int:
-    cat = open_catalog(args)
+@app.command("lineage")
+def lineage_cmd(dataset: Annotated[str, typer.Argument(help="dataset name, e.g. embeddings/text")],
+                version: Annotated[Optional[int], typer.Option("--version", help="dataset version (default: current)")] = None,
+                catalog: CatalogOpt = None, config: ConfigOpt = None,
+                format: FormatOpt = OutputFormat.table, width: WidthOpt = 60) -> int:
+    """The parent datasets a dataset version was computed from, each edge once."""
+    cat = open_catalog(ns(catalog=catalog, config=config))
     try:
-        table = cat.lineage(args.dataset, args.version)
+        table = cat.lineage(dataset, version)
     except KeyError as e:
         raise SystemExit(str(e).strip("'\"")) from None
     if table.num_rows == 0:
-        print(f"{args.dataset} has no recorded parents (it is a source dataset)")
+        print(f"{dataset} has no recorded parents (it is a source dataset)")
         return 0
-    print_table(table, args.format)
+    print_table(table, format, width)
     return 0
 
 
-def cmd_quarantine(args) -> int:
-    cat = open_catalog(args)
-    if args.summary:
-        print_table(cat.query("SELECT stage, reason, count(*) AS n FROM quarantine GROUP BY ALL ORDER BY n DESC"),
-                    args.format)
-        return 0
+@app.command("quarantine")
+def quarantine_cmd(catalog: CatalogOpt = None, config: ConfigOpt = None,
+                   stage: Annotated[Optional[str], typer.Option("--stage", help="only this stage")] = None,
+                   run: Annotated[Optional[str], typer.Option("--run", help="only this run id")] = None,
+                   code: Annotated[Optional[str], typer.Option("--code", help="only this reason code")] = None,
+                   summary: Annotated[bool, typer.Option("--summary", help="counts by stage and reason code")] = False,
+                   limit: LimitOpt = 50, format: FormatOpt = OutputFormat.table, width: WidthOpt = 100) -> int:
+    """Rejected inputs with their reason code and detail."""
+    cat = open_catalog(ns(catalog=catalog, config=config))
     where, params = [], []
-    if args.stage:
-        where.append("stage = ?")
-        params.append(args.stage)
-    if args.run:
-        where.append("run_id = ?")
-        params.append(args.run)
-    sql = ("SELECT run_id, stage, key, reason FROM quarantine "
-           + (f"WHERE {' AND '.join(where)} " if where else "") + f"ORDER BY created_at DESC LIMIT {int(args.limit)}")
-    print_table(cat.query(sql, params), args.format, max_width=100)
+    for col, val in (("stage", stage), ("run_id", run), ("code", code)):
+        if val:
+            where.append(f"{col} = ?")
+            params.append(val)
+    cond = f"WHERE {' AND '.join(where)} " if where else ""
+    if summary:
+        print_table(cat.query(f"SELECT stage, code, count(*) AS n, any_value(reason) AS example FROM quarantine "
+                              f"{cond}GROUP BY ALL ORDER BY n DESC, stage, code", params), format, width)
+        return 0
+    print_table(cat.query(f"SELECT run_id, stage, key, code, reason FROM quarantine {cond}"
+                          f"ORDER BY created_at DESC LIMIT {int(limit)}", params), format, width)
     return 0
 
 
-def cmd_runs(args) -> int:
-    cat = open_catalog(args)
+@app.command("runs")
+def runs_cmd(catalog: CatalogOpt = None, config: ConfigOpt = None, limit: LimitOpt = 20,
+             format: FormatOpt = OutputFormat.table, width: WidthOpt = 60) -> int:
+    """Recent runs with their status and model calls."""
+    cat = open_catalog(ns(catalog=catalog, config=config))
     print_table(cat.query("SELECT r.run_id, r.flow, r.status, r.started_at, r.finished_at, "
                           "sum(s.model_calls) AS model_calls, r.message FROM runs r "
                           "LEFT JOIN stage_runs s USING (run_id) GROUP BY ALL ORDER BY r.started_at DESC "
-                          f"LIMIT {int(args.limit)}"), args.format)
+                          f"LIMIT {int(limit)}"), format, width)
     return 0
 
 
-def cmd_sql(args) -> int:
+@app.command("sql")
+def sql_cmd(query: Annotated[str, typer.Argument(help="SQL over the catalog's tables and views")],
+            catalog: CatalogOpt = None, config: ConfigOpt = None,
+            format: FormatOpt = OutputFormat.table, width: WidthOpt = 80) -> int:
+    """Ad-hoc SQL on the catalog (views included)."""
     import duckdb
 
-    cat = open_catalog(args)
+    cat = open_catalog(ns(catalog=catalog, config=config))
     try:
-        table = cat.query(args.query, read_only=True)
+        table = cat.query(query, read_only=True)
     except duckdb.Error as e:
         raise SystemExit(f"SQL error: {e}") from None
-    print_table(table, args.format, max_width=args.max_width)
+    print_table(table, format, width)
     return 0
 
 
-def cmd_serve(args) -> int:
+@app.command("serve")
+def serve_cmd(config: ConfigReq,
+              cron: Annotated[str, typer.Option("--cron", help="refresh schedule")] = "0 3 * * *",
+              timezone: Annotated[str, typer.Option("--timezone", help="IANA time zone of the schedule")] = "UTC",
+              name: Annotated[Optional[str], typer.Option("--name", help="deployment name "
+                                                          "(default: refresh-<config name>)")] = None) -> int:
+    """Register the build as a scheduled Prefect deployment and serve it."""
+    from schemas.config import check_buildable, load_config
+
+    check_buildable(load_config(config))
     from flows.deployments import serve
 
-    serve(args.config, cron=args.cron, name=args.name)
+    serve(config, cron=cron, name=name, timezone=timezone)
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="corpusforge", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+for _module in COMMAND_MODULES:
+    importlib.import_module(_module).register(app)
 
-    b = sub.add_parser("build", help="build or refresh a corpus (the Prefect `build` flow)")
-    b.add_argument("--config", required=True, help="YAML run config")
-    b.set_defaults(func=cmd_build)
 
-    fmt = dict(choices=["table", "csv", "json"], default="table")
-    d = sub.add_parser("datasets", help="dataset versions in the catalog")
-    add_catalog_args(d)
-    d.add_argument("--all", action="store_true", help="every version, not only the current ones")
-    d.add_argument("--format", **fmt)
-    d.set_defaults(func=cmd_datasets)
+def _user_error(e: BaseException) -> str | None:
+    """The message of an error the user resolves (a state of the catalog, a missing input), else None."""
+    from schemas.config import ConfigError
+    from tasks.runtime.catalog import CatalogBusy, CatalogError
+    from tasks.runtime.publish import OldCatalog
+    from tasks.runtime.ray_session import ResourceUnavailable
 
-    li = sub.add_parser("lineage", help="the parent datasets a dataset version was computed from")
-    add_catalog_args(li)
-    li.add_argument("dataset")
-    li.add_argument("--version", type=int)
-    li.add_argument("--format", **fmt)
-    li.set_defaults(func=cmd_lineage)
+    if isinstance(e, (ConfigError, OldCatalog, CatalogBusy, CatalogError, ResourceUnavailable, FileNotFoundError)):
+        return str(e)
+    if isinstance(e, LookupError) and not isinstance(e, KeyError):
+        return str(e)
+    from tasks.export.formats import ExportRefused
 
-    q = sub.add_parser("quarantine", help="rejected inputs with their reasons")
-    add_catalog_args(q)
-    q.add_argument("--stage")
-    q.add_argument("--run")
-    q.add_argument("--limit", type=int, default=50)
-    q.add_argument("--summary", action="store_true", help="counts by stage and reason")
-    q.add_argument("--format", **fmt)
-    q.set_defaults(func=cmd_quarantine)
+    if isinstance(e, ExportRefused):
+        return str(e)
+    return None
 
-    r = sub.add_parser("runs", help="recent runs with their status and model calls")
-    add_catalog_args(r)
-    r.add_argument("--limit", type=int, default=20)
-    r.add_argument("--format", **fmt)
-    r.set_defaults(func=cmd_runs)
 
-    s = sub.add_parser("sql", help="ad-hoc SQL on the catalog (views included)")
-    add_catalog_args(s)
-    s.add_argument("query")
-    s.add_argument("--format", **fmt)
-    s.add_argument("--max-width", type=int, default=80)
-    s.set_defaults(func=cmd_sql)
+class _NoUserErrorTracebacks:
+    """A logging filter for Prefect's run loggers: a task or flow that failed on an error the user
+    fixes logs its one-line message, without the traceback (the CLI then prints the remedy)."""
 
-    sv = sub.add_parser("serve", help="register the build as a scheduled Prefect deployment and serve it")
-    sv.add_argument("--config", required=True)
-    sv.add_argument("--cron", default="0 3 * * *", help="refresh schedule (default: daily at 03:00)")
-    sv.add_argument("--name", default=None, help="deployment name (default: refresh-<config name>)")
-    sv.set_defaults(func=cmd_serve)
+    def filter(self, record) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and _user_error(exc) is not None:
+            record.exc_info, record.exc_text = None, None
+        return True
 
-    for module in COMMAND_MODULES:
-        importlib.import_module(module).register(sub)
-    return p
+
+def _quiet_tracebacks() -> None:
+    import logging
+
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoUserErrorTracebacks) for f in logger.filters):
+            logger.addFilter(_NoUserErrorTracebacks())
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit status (0 ok, 1 an error with its remedy, 2 usage or config)."""
     _env_defaults()
-    args = build_parser().parse_args(argv)
+    _quiet_tracebacks()
     from schemas.config import ConfigError
-    from tasks.runtime.catalog import CatalogError
-    from tasks.runtime.publish import OldCatalog
 
+    command = typer.main.get_command(app)
     try:
-        return int(args.func(args) or 0)
+        rv = command.main(args=list(sys.argv[1:] if argv is None else argv), prog_name="corpusforge",
+                          standalone_mode=False)
+    except typer.Exit as e:
+        return e.exit_code
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        return 130
+    except typer.TyperException as e:  # usage errors: a bad option, a missing argument
+        e.show()
+        return getattr(e, "exit_code", 2)
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 2
-    except (OldCatalog, CatalogError) as e:  # a state of the catalog the user resolves, not a bug
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:
+        msg = _user_error(e)
+        if msg is None or os.environ.get("CORPUSFORGE_DEBUG"):
+            raise
+        print(f"error: {msg}", file=sys.stderr)
         return 1
+    return int(rv or 0)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """CLI command of the closed loop: `corpusforge evaluate` (the Prefect `evaluate` flow)."""
-from __future__ import annotations
 
-from flows.cli import print_table
+from flows.cli_output import print_table
 
 
 def cmd_evaluate(args) -> int:
@@ -19,7 +18,7 @@ def cmd_evaluate(args) -> int:
              "MRR@10": r["mrr_10"], "ΔnDCG@10": r["ndcg_10_gain"], "p": r["ndcg_10_p"],
              "train_pairs": r["train_pairs"]} for r in result["results"]]
     c = result["counts"]
-    if args.format == "table":
+    if str(args.format) in ("table", "OutputFormat.table"):
         print(f"{result['eval_set']}: {c['queries']} queries, {c['labels']} labels; run {result['run_id']} -> "
               f"{result['evaluations']}")
     print_table(rows, args.format)
@@ -29,23 +28,37 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def register(sub) -> None:
-    e = sub.add_parser("evaluate", help="fine-tune a retriever on the exported corpus and evaluate base vs tuned "
-                       "(the `evaluate` flow)")
-    e.add_argument("--config", help="YAML run config (its evaluate section); or --catalog")
-    e.add_argument("--catalog", help="DuckDB catalog file (default: the config's)")
-    e.add_argument("--qrels", help="TREC qrels over the corpus (imported as judgments/<file stem>)")
-    e.add_argument("--queries", help="evaluation queries, qid<TAB>text (default: the catalog's queries)")
-    e.add_argument("--judge", help="a label set of the catalog as the qrels (judgments/<judge>)")
-    e.add_argument("--export", help="a sentence-transformers export folder to train on (default: the current one, "
-                   "written when missing)")
-    e.add_argument("--variant", action="append", help="training data: export, in_batch, mined, judge_filtered or a "
-                   "policy set of evaluate.policies (repeatable)")
-    e.add_argument("--ablation", action="store_true", help="every variant of evaluate.variants and evaluate.policies")
-    e.add_argument("--build", action="store_true", help="run the build stages first (a no-op when current)")
-    e.add_argument("--max-steps", type=int, help="override evaluate.train.max_steps")
-    e.add_argument("--epochs", type=float, help="override evaluate.train.epochs")
-    e.add_argument("--batch-size", type=int, help="override evaluate.train.batch_size")
-    e.add_argument("--model", help="override evaluate.train.model (the base model)")
-    e.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
-    e.set_defaults(func=cmd_evaluate)
+def register(app) -> None:
+    from typing import Annotated, Optional
+
+    import typer
+
+    from flows.cli import CatalogOpt, ConfigOpt, FormatOpt, OutputFormat, ns
+
+    def opt(name: str, help: str, kind=str):
+        return Annotated[Optional[kind], typer.Option(name, help=help)]
+
+    @app.command("evaluate")
+    def evaluate_cmd(config: ConfigOpt = None, catalog: CatalogOpt = None,
+                     qrels: opt("--qrels", "TREC qrels over the corpus (imported as judgments/<file stem>)") = None,
+                     queries: opt("--queries", "evaluation queries, qid<TAB>text (default: the catalog's "
+                                  "queries)") = None,
+                     judge: opt("--judge", "a label set of the catalog as the qrels (judgments/<judge>)") = None,
+                     export: opt("--export", "a sentence-transformers export folder to train on (default: the "
+                                 "current one, written when missing)") = None,
+                     variant: Annotated[Optional[list[str]], typer.Option(
+                         "--variant", help="training data: export, in_batch, mined, judge_filtered or a policy set "
+                         "of evaluate.policies; repeat")] = None,
+                     ablation: Annotated[bool, typer.Option("--ablation", help="every variant of evaluate.variants "
+                                                            "and evaluate.policies")] = False,
+                     build: Annotated[bool, typer.Option("--build", help="run the build stages first (a no-op when "
+                                                         "current)")] = False,
+                     max_steps: opt("--max-steps", "override evaluate.train.max_steps", int) = None,
+                     epochs: opt("--epochs", "override evaluate.train.epochs", float) = None,
+                     batch_size: opt("--batch-size", "override evaluate.train.batch_size", int) = None,
+                     model: opt("--model", "override evaluate.train.model (the base model)") = None,
+                     format: FormatOpt = OutputFormat.table) -> int:
+        """Fine-tune a retriever on the exported corpus and evaluate base vs tuned (the `evaluate` flow)."""
+        return cmd_evaluate(ns(config=config, catalog=catalog, qrels=qrels, queries=queries, judge=judge,
+                               export=export, variant=variant, ablation=ablation, build=build, max_steps=max_steps,
+                               epochs=epochs, batch_size=batch_size, model=model, format=format.value))

@@ -3,8 +3,20 @@
     corpusforge queries [--summary] [--target text|image|text+image] [--failed | --passed] [--limit N]
     corpusforge captions [--source alt_text|model] [--limit N]
 """
-from __future__ import annotations
 
+from enum import Enum
+from typing import Annotated, Optional
+
+
+class Target(str, Enum):
+    text = "text"
+    image = "image"
+    text_image = "text+image"
+
+
+class CaptionSource(str, Enum):
+    alt_text = "alt_text"
+    model = "model"
 
 
 def _current(args, name: str):
@@ -27,8 +39,8 @@ def cmd_queries(args) -> int:
         table = cat.query("SELECT * FROM queries")
         s = summary(table)
         print(f"queries v{ds.version}: {table.num_rows} candidates")
-        print_table([{"target": t} | c for t, c in s["per_target"].items()], args.format)
-        print_table([{"filter": f} | r for f, r in s["filters"].items()], args.format)
+        print_table([{"target": t} | c for t, c in s["per_target"].items()], args.format, args.width)
+        print_table([{"filter": f} | r for f, r in s["filters"].items()], args.format, args.width)
         return 0
     where, params = ["true"], []
     if args.target:
@@ -42,7 +54,7 @@ def cmd_queries(args) -> int:
     print_table(cat.query(
         "SELECT query_id, target_modality AS target, text, passed, reject_reason, roundtrip_rank, "
         "round(copy_overlap, 2) AS copy_overlap, generator, prompt_version, source_text "
-        f"FROM queries WHERE {' AND '.join(where)} ORDER BY query_id LIMIT ?", params), args.format)
+        f"FROM queries WHERE {' AND '.join(where)} ORDER BY query_id LIMIT ?", params), args.format, args.width)
     return 0
 
 
@@ -56,28 +68,36 @@ def cmd_captions(args) -> int:
         params.append(args.source)
     params.append(args.limit)
     print_table(cat.query("SELECT doc_id, source, captioner, prompt_version, text FROM captions "
-                          f"WHERE {where} ORDER BY doc_id, source LIMIT ?", params), args.format)
+                          f"WHERE {where} ORDER BY doc_id, source LIMIT ?", params), args.format, args.width)
     return 0
 
 
-def register(subparsers) -> None:
-    from flows.cli import add_catalog_args
+def register(app) -> None:
+    import typer
 
-    p = subparsers.add_parser("queries", help="synthetic queries with their filter outcomes")
-    add_catalog_args(p)
-    p.add_argument("--summary", action="store_true", help="counts per target and pass rate per filter")
-    p.add_argument("--target", choices=["text", "image", "text+image"])
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--failed", action="store_true", help="only queries that failed a filter")
-    group.add_argument("--passed", action="store_true", help="only queries that passed every filter")
-    p.add_argument("--limit", type=int, default=20)
-    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    p.set_defaults(func=cmd_queries)
+    from flows.cli import CatalogOpt, ConfigOpt, FormatOpt, LimitOpt, OutputFormat, WidthOpt, ns
 
-    p = subparsers.add_parser("captions", help="image captions (alt-text and model)")
-    add_catalog_args(p)
-    p.add_argument("--source", choices=["alt_text", "model"])
-    p.add_argument("--limit", type=int, default=20)
-    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    p.set_defaults(func=cmd_captions)
+    @app.command("queries")
+    def queries(summary: Annotated[bool, typer.Option("--summary", help="counts per target and pass rate per "
+                                                      "filter")] = False,
+                target: Annotated[Optional[Target], typer.Option("--target", help="only this target "
+                                                                 "modality")] = None,
+                failed: Annotated[bool, typer.Option("--failed", help="only queries that failed a filter")] = False,
+                passed: Annotated[bool, typer.Option("--passed", help="only queries that passed every "
+                                                     "filter")] = False,
+                limit: LimitOpt = 20, catalog: CatalogOpt = None, config: ConfigOpt = None,
+                format: FormatOpt = OutputFormat.table, width: WidthOpt = 60) -> int:
+        """Synthetic queries with their filter outcomes."""
+        if failed and passed:
+            raise typer.BadParameter("give --failed or --passed, not both", param_hint="--failed/--passed")
+        return cmd_queries(ns(summary=summary, target=target.value if target else None, failed=failed,
+                              passed=passed, limit=limit, catalog=catalog, config=config, format=format, width=width))
 
+    @app.command("captions")
+    def captions(source: Annotated[Optional[CaptionSource], typer.Option("--source", help="only this caption "
+                                                                         "source")] = None,
+                 limit: LimitOpt = 20, catalog: CatalogOpt = None, config: ConfigOpt = None,
+                 format: FormatOpt = OutputFormat.table, width: WidthOpt = 60) -> int:
+        """Image captions (alt-text and model)."""
+        return cmd_captions(ns(source=source.value if source else None, limit=limit, catalog=catalog,
+                               config=config, format=format, width=width))

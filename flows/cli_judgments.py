@@ -1,22 +1,33 @@
 """CLI commands for judgments: agreement tables, TREC imports/exports, rank correlation, judging.
 
-    corpusforge agreement --reference QRELS_OR_JUDGE [--judges DIR_OR_FILES_OR_JUDGES...] [--format table|csv|json]
+    corpusforge agreement --reference QRELS_OR_JUDGE [--judge FILE_DIR_OR_JUDGE ...] [--save] [--format table|csv|json]
     corpusforge import-qrels FILES_OR_DIRS... [--judge NAME]
     corpusforge export-qrels --judge NAME OUT
     corpusforge import-run FILES_OR_DIRS...
     corpusforge export-run --tag TAG OUT
-    corpusforge rank-correlation --reference JUDGE --judges JUDGE... [--runs TAG...] [--measure nDCG@10]
+    corpusforge rank-correlation --reference JUDGE --judge JUDGE ... [--tag TAG ...] [--measure nDCG@10]
     corpusforge judge --pairs QRELS_OR_RUN_OR_PARQUET --queries TOPICS --docs PASSAGES [--backend offline|hf|openai|cross_encoder]
     corpusforge judge --config FILE [--pool queries|imported|mining]
 """
-from __future__ import annotations
 
-import argparse
 import json
 import sys
+from enum import Enum
 from pathlib import Path
+from typing import Annotated, Optional
 
-FORMAT = dict(choices=["table", "csv", "json"], default="table")
+
+class Backend(str, Enum):
+    offline = "offline"
+    hf = "hf"
+    openai = "openai"
+    cross_encoder = "cross_encoder"
+
+
+class Pool(str, Enum):
+    queries = "queries"
+    imported = "imported"
+    mining = "mining"
 
 
 def _config(args):
@@ -37,12 +48,6 @@ def _catalog(args):
     return cfg, cat, root
 
 
-def _add_catalog_args(p: argparse.ArgumentParser) -> None:
-    from flows.cli import add_catalog_args
-
-    add_catalog_args(p)
-
-
 def _is_path(s: str) -> bool:
     return Path(s).exists()
 
@@ -53,32 +58,76 @@ def _split(items: list[str]) -> tuple[list[str], list[str]]:
     return paths, [i for i in items if not _is_path(i)]
 
 
-def cmd_agreement(args) -> int:
-    from flows.cli import print_table
+def _scratch_agreement(args, ref_paths, ref_names, judge_paths, judge_names):
+    """Agreement with files in it, computed in a throwaway catalog: the files are imported there,
+    with the catalog judges they are compared to, so the user's catalog is not written."""
+    import tempfile
+
     from flows.imports import import_qrels
+    from schemas.config import catalog_config
     from tasks.judge import analysis
-    from tasks.judge.imports import expand
+    from tasks.judge.stage import label_set
+    from tasks.runtime.catalog import Catalog
+    from tasks.runtime.publish import read
+    from tasks.runtime.storage import DataRoot
+    from tasks.runtime.write import seed
 
     cfg = _config(args)
-    ref_paths, ref_names = _split([args.reference])
-    judge_paths, judge_names = _split(args.judges or [])
-    to_import = ref_paths + judge_paths
-    if to_import:
-        report = import_qrels(cfg, to_import)
+    with tempfile.TemporaryDirectory(prefix="corpusforge-agreement-") as tmp:
+        scratch = catalog_config(Path(tmp) / "catalog.duckdb")
+        report = import_qrels(scratch, ref_paths + judge_paths)
         if report.quarantined:
-            print(f"note: {report.quarantined} unparseable lines quarantined "
-                  "(see `corpusforge quarantine --stage import_qrels`)", file=sys.stderr)
-    _, cat, _ = _catalog(args)
+            print(f"note: {report.quarantined} unparseable lines left out", file=sys.stderr)
+        wanted = set(ref_names) | set(judge_names)
+        if Path(cfg.catalog_path).exists() and (wanted or not args.judges):
+            root = DataRoot(cfg.data_root_uri)
+            real = Catalog(cfg.catalog_path, root)
+            names = wanted or set(analysis.judges(real))
+            sroot = DataRoot(scratch.data_root_uri)
+            scat = Catalog(scratch.catalog_path, sroot)
+            for judge in sorted(names):
+                if real.current(label_set(judge)) is not None and scat.current(label_set(judge)) is None:
+                    seed(scat, sroot, label_set(judge), read(real, root, label_set(judge)))
+        return _agreement_table(scratch, args, ref_paths, ref_names, judge_paths, judge_names)
+
+
+def _agreement_table(cfg, args, ref_paths, ref_names, judge_paths, judge_names):
+    from tasks.judge import analysis
+    from tasks.judge.imports import expand
+    from tasks.runtime.catalog import Catalog
+    from tasks.runtime.storage import DataRoot
+
+    cat = Catalog(cfg.catalog_path, DataRoot(cfg.data_root_uri))
     reference = Path(args.reference).stem if ref_paths else ref_names[0]
-    only = None
-    if args.judges:
-        only = [f.stem for f in expand(judge_paths)] + judge_names
+    only = [f.stem for f in expand(judge_paths)] + judge_names if args.judges else None
     try:
         table = analysis.agreement(cat, reference, only)
     except KeyError as e:
         raise SystemExit(str(e).strip("'\"")) from None
     if table.num_rows == 0:
         raise SystemExit(f"no judge shares a labelled pair with '{reference}'")
+    return table
+
+
+def cmd_agreement(args) -> int:
+    from flows.cli import print_table
+    from flows.imports import import_qrels
+
+    ref_paths, ref_names = _split([args.reference])
+    judge_paths, judge_names = _split(args.judges or [])
+    files = ref_paths + judge_paths
+    if files and not args.save:
+        table = _scratch_agreement(args, ref_paths, ref_names, judge_paths, judge_names)
+    else:
+        cfg = _config(args)
+        if files:
+            report = import_qrels(cfg, files)
+            if report.quarantined:
+                print(f"note: {report.quarantined} unparseable lines quarantined "
+                      "(see `corpusforge quarantine --stage import_qrels`)", file=sys.stderr)
+        elif not Path(cfg.catalog_path).exists():
+            raise SystemExit(f"no catalog at {cfg.catalog_path}: pass qrels files, or --catalog PATH / --config FILE")
+        table = _agreement_table(cfg, args, ref_paths, ref_names, judge_paths, judge_names)
     print_table(table, args.format)
     return 0
 
@@ -192,62 +241,90 @@ def _nothing_judged(result: dict) -> int:
     return 1
 
 
-def register(sub) -> None:
-    import tasks.judge.analysis  # noqa: F401 - registers the judgment views with every catalog opened
+def register(app) -> None:
+    import typer
 
-    a = sub.add_parser("agreement", help="agreement of judges with a reference (kappa, alpha, ...)")
-    _add_catalog_args(a)
-    a.add_argument("--reference", required=True, help="reference qrels file, or a judge already in the catalog")
-    a.add_argument("--judges", nargs="+", help="qrels files, directories of them, or judge names "
-                   "(default: every judge in the catalog)")
-    a.add_argument("--format", **FORMAT)
-    a.set_defaults(func=cmd_agreement)
+    from flows.cli import CatalogOpt, ConfigOpt, FormatOpt, OutputFormat, QuietOpt, ns
 
-    iq = sub.add_parser("import-qrels", help="import TREC qrels label sets as judges (judge = file stem)")
-    _add_catalog_args(iq)
-    iq.add_argument("paths", nargs="+")
-    iq.add_argument("--judge", help="judge name for a single file (default: its file stem)")
-    iq.set_defaults(func=cmd_import_qrels)
+    Paths = Annotated[list[str], typer.Argument(help="TREC files or directories of them")]
+    Out = Annotated[str, typer.Argument(help="file to write")]
+    Judge = Annotated[str, typer.Option("--judge", help="judge name in the catalog")]
+    Reference = Annotated[str, typer.Option("--reference", help="reference qrels file, or a judge in the catalog")]
 
-    eq = sub.add_parser("export-qrels", help="write one judge's grades as TREC qrels")
-    _add_catalog_args(eq)
-    eq.add_argument("--judge", required=True)
-    eq.add_argument("out")
-    eq.set_defaults(func=cmd_export_qrels)
+    @app.command("agreement")
+    def agreement(reference: Reference,
+                  judge: Annotated[Optional[list[str]], typer.Option(
+                      "--judge", help="qrels file, directory of them, or judge name; repeat for several "
+                      "(default: every judge in the catalog)")] = None,
+                  save: Annotated[bool, typer.Option("--save", help="also import the given qrels files into "
+                                                     "the catalog (default: compute only)")] = False,
+                  catalog: CatalogOpt = None, config: ConfigOpt = None,
+                  format: FormatOpt = OutputFormat.table) -> int:
+        """Agreement of judges with a reference (kappa, alpha, ...); writes nothing unless --save."""
+        return cmd_agreement(ns(reference=reference, judges=judge, save=save, catalog=catalog, config=config,
+                                format=format))
 
-    ir = sub.add_parser("import-run", help="import TREC run files (qid Q0 docid rank score tag)")
-    _add_catalog_args(ir)
-    ir.add_argument("paths", nargs="+")
-    ir.set_defaults(func=cmd_import_run)
+    @app.command("import-qrels")
+    def import_qrels(paths: Paths,
+                     judge: Annotated[Optional[str], typer.Option("--judge", help="judge name for a single "
+                                                                  "file (default: its file stem)")] = None,
+                     catalog: CatalogOpt = None, config: ConfigOpt = None) -> int:
+        """Import TREC qrels label sets as judges (judge = file stem)."""
+        return cmd_import_qrels(ns(paths=paths, judge=judge, catalog=catalog, config=config))
 
-    er = sub.add_parser("export-run", help="write one imported run as a TREC run file")
-    _add_catalog_args(er)
-    er.add_argument("--tag", required=True)
-    er.add_argument("out")
-    er.set_defaults(func=cmd_export_run)
+    @app.command("export-qrels")
+    def export_qrels(out: Out, judge: Judge, catalog: CatalogOpt = None, config: ConfigOpt = None) -> int:
+        """Write one judge's grades as TREC qrels."""
+        return cmd_export_qrels(ns(out=out, judge=judge, catalog=catalog, config=config))
 
-    rc = sub.add_parser("rank-correlation",
-                        help="Kendall tau / Spearman rho between the system orders two judges' qrels give")
-    _add_catalog_args(rc)
-    rc.add_argument("--reference", required=True)
-    rc.add_argument("--judges", nargs="+", required=True)
-    rc.add_argument("--runs", nargs="+", help="run tags (default: every imported run)")
-    rc.add_argument("--measure", default="nDCG@10", help="an ir_measures measure (default nDCG@10)")
-    rc.add_argument("--format", **FORMAT)
-    rc.set_defaults(func=cmd_rank_correlation)
+    @app.command("import-run")
+    def import_run(paths: Paths, catalog: CatalogOpt = None, config: ConfigOpt = None) -> int:
+        """Import TREC run files (qid Q0 docid rank score tag)."""
+        return cmd_import_run(ns(paths=paths, catalog=catalog, config=config))
 
-    j = sub.add_parser("judge", help="grade (query, document) pairs with a judge (the Prefect `judge` flow)")
-    _add_catalog_args(j)
-    j.add_argument("--pairs", help="qrels/run file or Parquet with query_id, doc_id (default: the "
-                   "catalog's synthetic queries x top-k candidates)")
-    j.add_argument("--queries", help="topics file (qid<TAB>text) for --pairs")
-    j.add_argument("--docs", help="passages for --pairs: JSONL ({docid, doc}, or the manifest's {id, text}) or "
-                   "Parquet (doc_id or id, text)")
-    j.add_argument("--pool", choices=["queries", "imported", "mining"],
-                   help="with --config: the synthetic queries x top-k (default), the imported queries of "
-                   "negatives.queries_file x top-k, or the mining candidates (candidates/mining[-name]) + positives")
-    j.add_argument("--backend", choices=["offline", "hf", "openai", "cross_encoder"], help="overrides judge.backend")
-    j.add_argument("--model", help="overrides the backend's model")
-    j.add_argument("--base-url", help="openai backend endpoint")
-    j.add_argument("--limit", type=int, help="judge only the first N pairs")
-    j.set_defaults(func=cmd_judge)
+    @app.command("export-run")
+    def export_run(out: Out, tag: Annotated[str, typer.Option("--tag", help="run tag of an imported run")],
+                   catalog: CatalogOpt = None, config: ConfigOpt = None) -> int:
+        """Write one imported run as a TREC run file."""
+        return cmd_export_run(ns(out=out, tag=tag, catalog=catalog, config=config))
+
+    @app.command("rank-correlation")
+    def rank_correlation(reference: Annotated[str, typer.Option("--reference", help="reference judge")],
+                         judge: Annotated[list[str], typer.Option("--judge", help="judge to compare; repeat")],
+                         tag: Annotated[Optional[list[str]], typer.Option(
+                             "--tag", help="run tag; repeat (default: every imported run)")] = None,
+                         measure: Annotated[str, typer.Option("--measure", help="an ir_measures measure")] = "nDCG@10",
+                         catalog: CatalogOpt = None, config: ConfigOpt = None,
+                         format: FormatOpt = OutputFormat.table) -> int:
+        """Kendall tau / Spearman rho between the system orders two judges' qrels give."""
+        return cmd_rank_correlation(ns(reference=reference, judges=judge, runs=tag, measure=measure,
+                                       catalog=catalog, config=config, format=format))
+
+    @app.command("judge")
+    def judge_cmd(pairs: Annotated[Optional[str], typer.Option("--pairs", help="qrels/run file or Parquet with "
+                  "query_id, doc_id (default: the catalog's queries x top-k candidates)")] = None,
+                  queries: Annotated[Optional[str], typer.Option("--queries", help="topics file (qid<TAB>text) "
+                                                                 "for --pairs")] = None,
+                  docs: Annotated[Optional[str], typer.Option("--docs", help="passages for --pairs: JSONL ({docid, "
+                                                              "doc}, or the manifest's {id, text}) or Parquet "
+                                                              "(doc_id or id, text)")] = None,
+                  pool: Annotated[Optional[Pool], typer.Option("--pool", help="with --config: the synthetic queries "
+                                                               "x top-k (default), the imported queries of "
+                                                               "negatives.queries_file x top-k, or the mining "
+                                                               "candidates + positives")] = None,
+                  backend: Annotated[Optional[Backend], typer.Option("--backend", help="overrides "
+                                                                     "judge.backend")] = None,
+                  model: Annotated[Optional[str], typer.Option("--model", help="overrides the backend's "
+                                                               "model")] = None,
+                  base_url: Annotated[Optional[str], typer.Option("--base-url", help="openai backend "
+                                                                  "endpoint")] = None,
+                  limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="judge only the first N "
+                                                               "pairs")] = None,
+                  catalog: CatalogOpt = None, config: ConfigOpt = None, quiet: QuietOpt = False) -> int:
+        """Grade (query, document) pairs with a judge (the Prefect `judge` flow)."""
+        from flows.cli import quiet_progress
+
+        with quiet_progress(quiet):
+            return cmd_judge(ns(pairs=pairs, queries=queries, docs=docs, backend=backend.value if backend else None,
+                                model=model, base_url=base_url, limit=limit, catalog=catalog, config=config,
+                                pool=pool.value if pool else None))

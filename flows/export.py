@@ -17,7 +17,7 @@ def export_flow(formats: list[str], out: str | None = None, catalog: str | None 
     """Write each format to a versioned directory under `out` (default: export.out of the config)."""
     from tasks.export.stage import Export
     from tasks.runtime.lifecycle import open_run
-    from tasks.runtime.prefect_support import stage_task
+    from tasks.runtime.prefect_support import artifact_key, stage_task
 
     logger = get_run_logger()
     cfg = config_for(catalog, config_path)
@@ -34,7 +34,7 @@ def export_flow(formats: list[str], out: str | None = None, catalog: str | None 
             results[stage.format] = {"path": notes["path"], "counts": notes["card"]["counts"],
                                      "card": str(Path(notes["path"]) / "README.md")}
             logger.info("export %s -> %s", stage.format, notes["path"])
-            create_markdown_artifact(key=f"export-{stage.format.replace('-', '')}",
+            create_markdown_artifact(key=artifact_key(name, f"export-{stage.format}"),
                                      markdown=Path(results[stage.format]["card"]).read_text(),
                                      description=f"Dataset card of the {stage.format} export")
     return results

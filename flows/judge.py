@@ -65,8 +65,10 @@ def judge_flow(pairs: str | None = None, queries: str | None = None, docs: str |
 
 def _artifacts(run, summary: dict) -> None:
     """Status counts and this judge's label distribution, for the Prefect UI."""
+    from tasks.runtime.prefect_support import artifact_key
+
     statuses = [{"status": k, "n": v} for k, v in summary["statuses"].items()]
-    create_table_artifact(key="judge-statuses", table=statuses,
+    create_table_artifact(key=artifact_key(run.config.name, "judge-statuses"), table=statuses,
                           description=f"judgments made this run by {summary['judge']}")
     dist = run.catalog.query("SELECT grade, status, n, round(share, 4) AS share FROM judgment_label_distribution "
                              "WHERE judge = ?", [summary["judge"]]).to_pylist()
@@ -75,5 +77,5 @@ def _artifacts(run, summary: dict) -> None:
               for r in dist]
     counts = (f"pairs {summary['rows_out']}, judged now {summary['model_calls']}, cached {summary['cache_hits']}, "
               f"quarantined {summary['rows_quarantined']}")
-    create_markdown_artifact(key="judge-labels", markdown=f"### {summary['judge']}\n\n{counts}\n\n" + "\n".join(lines),
+    create_markdown_artifact(key=artifact_key(run.config.name, "judge-labels"), markdown=f"### {summary['judge']}\n\n{counts}\n\n" + "\n".join(lines),
                              description="label distribution of this judge")

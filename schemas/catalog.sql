@@ -65,15 +65,18 @@ CREATE TABLE IF NOT EXISTS quarantine (
     key               VARCHAR NOT NULL,
     reason            VARCHAR NOT NULL,
     payload           VARCHAR,
-    created_at        TIMESTAMP NOT NULL
+    created_at        TIMESTAMP NOT NULL,
+    code              VARCHAR                    -- stable reason code (reason minus ids): GROUP BY groups
 );
+-- catalogs made before the code column: add it, and derive it for old rows as add_quarantine does
+ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS code VARCHAR;
 
 CREATE OR REPLACE VIEW current_datasets AS
     SELECT name, version, row_count, path, created_at, run_id
     FROM datasets WHERE is_current ORDER BY name;
 
 CREATE OR REPLACE VIEW quarantine_by_reason AS
-    SELECT stage, regexp_extract(reason, '^([^:(]+)', 1) AS reason_kind, count(*) AS n
+    SELECT stage, code, count(*) AS n, any_value(reason) AS example
     FROM quarantine GROUP BY ALL ORDER BY stage, n DESC;
 
 -- Index versions are datasets named indexes/<name>: the id map is the table, the FAISS or BM25

@@ -232,6 +232,9 @@ class ExportConfig(Strict):
     prompt: str = Field("", description="FlagEmbedding `prompt` (the query instruction)")
     task_type: str = Field("normal", description="FlagEmbedding `type`")
     images: Literal["copy", "link"] = Field("copy", description="M-BEIR: copy or symlink the images")
+    mbeir_dataset_id: int = Field(10, ge=0, description="M-BEIR: the dataset id in '<dataset_id>:<n>' ids (UniIR's "
+                                  "own datasets use 0-9)")
+    mbeir_split: Literal["train", "val", "test"] = Field("train", description="M-BEIR: the split the queries go to")
     licenses: dict[str, str] = Field(default_factory=dict, description="source name -> licence, for the card")
 
 
@@ -332,7 +335,7 @@ class TreeConfig(Strict):
     """LATTICE semantic tree over the document embeddings, built after the embed stage."""
 
     enabled: bool = switch(True)
-    name: Name = Field("default", description="tree name: dataset tree_nodes/<name>, `corpusforge search --tree`")
+    name: Name = Field("default", description="tree name: dataset tree_nodes/<name>, `corpusforge search-tree --tree`")
     build: Literal["bottom_up", "top_down"] = "bottom_up"
     max_branching: int = Field(10, ge=2, le=100, description="M: children per node at most")
     group_by: Literal["none", "source_id"] = Field("none", description="bottom-up: first level from metadata groups")
@@ -601,6 +604,14 @@ def safe_yaml(text: str, source: str = "(text)"):
         return loader.construct_document(root)
     finally:
         loader.dispose()
+
+
+def check_buildable(cfg: BuildConfig) -> BuildConfig:
+    """A config a build can run: it names a corpus. Checked before Prefect starts."""
+    if cfg.corpus is None:
+        raise ConfigError(f"the config '{cfg.name}' has no `corpus` section: a build needs corpus.root "
+                          "and corpus.sources\n  see infra/configs/sample.yaml for a complete example")
+    return cfg
 
 
 def config_from_dict(raw: dict, source: str = "(dict)") -> BuildConfig:

@@ -68,6 +68,7 @@ QUERIES = pa.schema(
         pa.field("roundtrip_rank", pa.int32()),
         pa.field("passed", pa.bool_(), nullable=False),
         pa.field("reject_reason", pa.string()),
+        pa.field("reject_code", pa.string()),  # the failed filters, e.g. "copy,roundtrip": GROUP BY groups
     ]
 )
 

@@ -139,7 +139,7 @@ def test_cli_agreement_on_files_and_on_catalog_judges(llmjudge_store, capsys):
     from flows.cli import main
 
     assert main(["agreement", "--catalog", llmjudge_store.catalog.path, "--reference", str(HUMAN),
-                 "--judges", str(SCORES), "--format", "csv"]) == 0
+                 "--judge", str(SCORES), "--format", "csv"]) == 0
     out = capsys.readouterr().out
     rows = list(csv.reader(io.StringIO(out)))
     assert rows[0][:8] == ["judge", "kappa", "alpha", "kappa_0_123", "kappa_01_23", "kappa_012_3",
@@ -149,7 +149,7 @@ def test_cli_agreement_on_files_and_on_catalog_judges(llmjudge_store, capsys):
     assert willia[1:3] == ["0.2863", "0.4918"]
 
     assert main(["agreement", "--catalog", llmjudge_store.catalog.path, "--reference", REF,
-                 "--judges", "willia-umbrela1", "Olz-gpt4o", "--format", "json"]) == 0
+                 "--judge", "willia-umbrela1", "--judge", "Olz-gpt4o", "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [d["judge"] for d in data] == ["Olz-gpt4o", "willia-umbrela1"]
     assert round(data[1]["kappa"], 4) == 0.2863

@@ -171,6 +171,6 @@ def test_system_rank_correlation_matches_direct_computation(store, tmp_path, cap
     from flows.cli import main
 
     assert main(["rank-correlation", "--catalog", store.catalog.path, "--reference", "truth",
-                 "--judges", "other", "--format", "json"]) == 0
+                 "--judge", "other", "--format", "json"]) == 0
     cli = json.loads(capsys.readouterr().out)[0]
     assert cli["kendall_tau"] == pytest.approx(got["kendall_tau"]) and cli["n_systems"] == 6

@@ -109,16 +109,28 @@ def test_build_writes_prefect_artifacts(first_build):
     async def fetch():
         async with get_client() as client:
             return await client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["build-stages", "build-quarantine"])))
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["sample-build-stages", "sample-build-quarantine"])))
 
     import asyncio
 
     arts = asyncio.run(fetch())
-    stages = [a for a in arts if a.key == "build-stages"][-1]
+    stages = [a for a in arts if a.key == "sample-build-stages"][-1]
     data = stages.data if isinstance(stages.data, list) else json.loads(stages.data)
     assert {row["stage"] for row in data} >= {"ingest", "embed_text"}
-    md = [a for a in arts if a.key == "build-quarantine"][-1].data
+    md = [a for a in arts if a.key == "sample-build-quarantine"][-1].data
     assert "image path escapes the corpus root" in md
+
+    # the flow run is named after the corpus and the corpusforge run id
+    from uuid import UUID
+
+    row = Catalog(result["catalog"]).query("SELECT prefect_flow_run_id FROM runs WHERE run_id = ?",
+                                           [result["run_id"]]).to_pylist()[0]
+
+    async def flow_run():
+        async with get_client() as client:
+            return await client.read_flow_run(UUID(row["prefect_flow_run_id"]))
+
+    assert asyncio.run(flow_run()).name == f"sample {result['run_id']}"
 
 
 def test_rerun_does_no_model_work_and_adding_documents_embeds_exactly_those(first_build):

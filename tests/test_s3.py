@@ -119,9 +119,9 @@ def test_build_refresh_sql_and_export_on_an_s3_data_root(prefect_harness, on_s3,
     assert json.loads(out.stdout[out.stdout.index("["):]) == [{"n": 3}]
 
     export = tmp_path / "export"
-    corpusforge(on_s3, "export", "--config", str(config), "--format", "mbeir", "flagembedding",
+    corpusforge(on_s3, "export", "--config", str(config), "--kind", "mbeir", "--kind", "flagembedding",
                 "--images", "copy", "--out", str(export))
-    candidates = [json.loads(line) for f in export.rglob("candidates.jsonl") for line in f.read_text().splitlines()]
+    candidates = [json.loads(line) for f in export.rglob("*_cand_pool.jsonl") for line in f.read_text().splitlines()]
     assert len(candidates) == v2.row_count - catalog.query(
         "SELECT count(*) FROM documents WHERE modality = 'text' AND text IS NULL").column(0)[0].as_py()
     images = [p for p in export.rglob("images/*") if p.is_file()]

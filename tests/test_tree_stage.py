@@ -126,14 +126,14 @@ def test_cli_search_prints_ranking_with_paths(store, capsys):
     if ctx.catalog.current("tree_nodes/default") is None:
         d, e = _publish_corpus(ctx, ids[:N], texts[:N], vecs[:N], space)
         _run_stage(ctx, d, e)
-    assert main(["search", "how does a bounty hunter make money", "--catalog", ctx.config.catalog_path,
+    assert main(["search-tree", "how does a bounty hunter make money", "--catalog", ctx.config.catalog_path,
                  "--k", "3"]) == 0
     out = capsys.readouterr().out
     assert "scorer calls" in out and "  1. " in out and "  3. " in out and "└ " in out
     assert main(["tree", "show", "--catalog", ctx.config.catalog_path, "--depth", "1"]) == 0
     assert "documents" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no tree named 'nope'"):
-        main(["search", "q", "--catalog", ctx.config.catalog_path, "--tree", "nope"])
+        main(["search-tree", "q", "--catalog", ctx.config.catalog_path, "--tree", "nope"])
 
 
 def test_a_large_tree_is_built_in_a_ray_task_and_equals_the_in_process_build(ray_local, tmp_path, minilm):

@@ -70,12 +70,36 @@ def run_configs(catalog: Catalog, refs: list[DatasetVersion]) -> dict:
     return out
 
 
+def hub_configs(fmt: str, files: list[str]) -> list[dict]:
+    """The card's `configs:` so `datasets.load_dataset(<export folder>)` finds the data files."""
+    if fmt == "flagembedding":
+        return [{"config_name": "default", "data_files": [{"split": "train", "path": "train.jsonl"}]}]
+    if fmt == "sentence-transformers":
+        configs = [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}]
+        return configs + [{"config_name": f"dev-{Path(f).stem}", "data_files": [{"split": "dev", "path": f}]}
+                          for f in files if f.startswith("dev/")]
+    if fmt == "mbeir":
+        q = next(f for f in files if f.startswith("query/"))
+        c = next(f for f in files if f.startswith("cand_pool/"))
+        split = q.split("/")[1]
+        return [{"config_name": "queries", "data_files": [{"split": split, "path": q}]},
+                {"config_name": "cand_pool", "data_files": [{"split": "train", "path": c}]}]
+    if fmt == "parquet":
+        return [{"config_name": f[: -len(".parquet")], "data_files": [{"split": "train", "path": f}]}
+                for f in files if f.endswith(".parquet")]
+    return []  # trec: text files that TREC tools read, not a `datasets` dataset
+
+
 def card_markdown(card: dict) -> str:
+    """A Hugging Face dataset card (huggingface_hub's DatasetCard), metadata first, then the body."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
     lic = sorted({r["licence"] for r in card["licences"]})
-    lines = ["---", f"pretty_name: {card['name']} ({card['format']})", "license: other",
-             "license_name: " + json.dumps("; ".join(lic)),
-             "tags: [corpusforge, retrieval, hard-negatives]", "---", "",
-             f"# {card['name']}: {card['format']} export v{card['version']}", "",
+    data = DatasetCardData(pretty_name=f"{card['name']} ({card['format']})", license="other",
+                           license_name="; ".join(lic) or "unknown",
+                           tags=["corpusforge", "retrieval", "hard-negatives"],
+                           configs=hub_configs(card["format"], card["files"]) or None)
+    lines = [f"# {card['name']}: {card['format']} export v{card['version']}", "",
              f"Written by corpusforge at {card['created_at']} from catalog `{card['catalog']}`.", "",
              "## Counts", ""]
     lines += [f"- {k}: {v}" for k, v in card["counts"].items() if not isinstance(v, (list, dict))]
@@ -88,9 +112,8 @@ def card_markdown(card: dict) -> str:
               for r in card["sources"]]
     lines += ["", "## Licences of the sources", "", "| source | licence | documents |", "|---|---|---|"]
     lines += [f"| {r['source']} | {r['licence']} | {r['documents']} |" for r in card["licences"]]
-    lines += ["", "## Configuration", "", "```json", json.dumps(card["configs"], indent=2, default=str), "```", ""]
-    return "\n".join(lines)
-
+    lines += ["", "## Configuration", "", "```json", json.dumps(card["run_configs"], indent=2, default=str), "```", ""]
+    return str(DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
 
 
 def next_version(out: Path, stem: str) -> int:

@@ -5,8 +5,9 @@ wrote and why it left any out, so the export stage accounts for every unit.
 - sentence-transformers: Parquet with anchor, positive, negative_1..n (+ optional `scores`), one
   row per (query, positive), loadable with `datasets.load_dataset("parquet", data_files=...)`, and a
   dev split of held-out queries (queries, corpus, qrels) for InformationRetrievalEvaluator;
-- mbeir: M-BEIR-style queries JSONL plus a candidate pool and images;
-- trec: qrels per judge (and the mined positives) and runs per retriever;
+- mbeir: TIGER-Lab/UniIR's M-BEIR layout: query/<split>/, cand_pool/local/, qrels/<split>/ (5 columns),
+  instructions/query_instructions.tsv, ids "<dataset_id>:<n>" and images under images/;
+- trec: qrels per judge (and the mined positives) and runs per retriever, for this corpus's documents;
 - parquet: every current dataset of the catalog.
 """
 from __future__ import annotations
@@ -28,6 +29,16 @@ from schemas.config import ExportConfig
 log = logging.getLogger(__name__)
 
 MBEIR_MODALITY = {"text": "text", "image": "image", "interleaved": "image,text"}
+# UniIR's task ids (src/data/preprocessing/utils.py: MBEIR_TASK), "query -> candidate" modality
+MBEIR_TASK = {"text -> image": 0, "text -> text": 1, "text -> image,text": 2, "image -> text": 3,
+              "image -> image": 4, "image,text -> text": 6, "image,text -> image": 7, "image,text -> image,text": 8}
+MBEIR_PROMPT = {"text": "Retrieve a passage that answers this question.",
+                "image": "Retrieve an image that matches this description.",
+                "image,text": "Retrieve an image with its caption that matches this description."}
+
+
+class ExportRefused(ValueError):
+    """An export that would be wrong or empty: the message says what to change."""
 
 
 @dataclass
@@ -63,7 +74,8 @@ def group_negatives(negatives: pa.Table, query_texts: dict[str, str]) -> list[Gr
 
 
 def write_flagembedding(groups: list[Grouped], texts: dict[str, str], out: Path, cfg: ExportConfig) -> Written:
-    """FlagEmbedding fine-tuning JSONL; documents without any text are left out and counted."""
+    """FlagEmbedding fine-tuning JSONL; documents without any text are left out and counted. `prompt`
+    is written only when set, so FlagEmbedding's own query instruction applies otherwise."""
     w = Written({})
     skipped_docs = 0
     with open(out / "train.jsonl", "w", encoding="utf-8") as f:
@@ -75,9 +87,12 @@ def write_flagembedding(groups: list[Grouped], texts: dict[str, str], out: Path,
                 w.skipped.append({"key": g.query_id, "reason": "no positive with text" if g.query_text
                                   else "the query has no text"})
                 continue
-            f.write(json.dumps({"query": g.query_text, "pos": [t for t, _ in pos], "neg": [t for t, _ in neg],
-                                "pos_scores": [s for _, s in pos], "neg_scores": [s for _, s in neg],
-                                "prompt": cfg.prompt, "type": cfg.task_type}, ensure_ascii=False) + "\n")
+            row = {"query": g.query_text, "pos": [t for t, _ in pos], "neg": [t for t, _ in neg],
+                   "pos_scores": [s for _, s in pos], "neg_scores": [s for _, s in neg]}
+            if cfg.prompt:  # an empty prompt would replace the query_instruction_for_retrieval of BGE recipes
+                row["prompt"] = cfg.prompt
+            row["type"] = cfg.task_type
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
             w.written.append(g.query_id)
     w.counts = {"rows": len(w.written), "documents_without_text": skipped_docs, "files": ["train.jsonl"]}
     return w
@@ -180,40 +195,88 @@ def read_dev_split(folder: str | Path) -> tuple[dict[str, str], dict[str, str], 
 
 
 def write_mbeir(groups: list[Grouped], documents: pa.Table, texts: dict[str, str], out: Path, cfg: ExportConfig,
-                corpus_root: Path | None, query_modality: dict[str, str]) -> Written:
-    """M-BEIR-style queries and candidate pool; images are copied (or linked) under images/."""
-    (out / "images").mkdir()
-    images = copied = missing = 0
-    with open(out / "candidates.jsonl", "w", encoding="utf-8") as f:
-        for d, m, uri in zip(documents["doc_id"].to_pylist(), documents["modality"].to_pylist(),
-                             documents["image_uri"].to_pylist()):
+                corpus_root: Path | None, name: str) -> Written:
+    """UniIR's M-BEIR layout, readable by its MBEIRMainDataset and retriever unchanged. Images are
+    copied (or linked) under images/; an export whose images cannot be found is refused."""
+    dsid, split, stem = cfg.mbeir_dataset_id, cfg.mbeir_split, f"mbeir_{slug(name).lower()}"
+    docs = documents.sort_by("doc_id")
+    did = {d: f"{dsid}:{n}" for n, d in enumerate(docs["doc_id"].to_pylist(), 1)}
+    uris = [u for u in docs["image_uri"].to_pylist() if u]
+    if uris and corpus_root is None:
+        raise ExportRefused(f"the M-BEIR export needs the {len(uris)} images, and the corpus root is unknown: "
+                            "pass --config FILE (the build config of this catalog)")
+    for sub in ("images", f"query/{split}", "cand_pool/local", f"qrels/{split}", "instructions"):
+        (out / sub).mkdir(parents=True)
+    modality: dict[str, str] = {}
+    missing: list[str] = []
+    with open(out / "cand_pool/local" / f"{stem}_cand_pool.jsonl", "w", encoding="utf-8") as f:
+        for d, m, uri, src, sid in zip(*(docs[c].to_pylist() for c in ("doc_id", "modality", "image_uri", "source",
+                                                                        "source_id"))):
             img = None
+            if not uri and not texts.get(d):
+                continue  # neither text nor image: nothing for a retriever to embed
             if uri:
-                images += 1
                 img = f"images/{uri}"
-                src = _contained(corpus_root, uri)
-                if src is not None and src.is_file():
-                    (out / img).parent.mkdir(parents=True, exist_ok=True)
-                    if cfg.images == "link":
-                        os.symlink(src, out / img)
-                    else:
-                        shutil.copyfile(src, out / img, follow_symlinks=False)
-                    copied += 1
+                source = _contained(corpus_root, uri)
+                if source is None or not source.is_file():  # gone, or swapped for a link out of the corpus
+                    missing.append(uri)
+                    continue
+                (out / img).parent.mkdir(parents=True, exist_ok=True)
+                if cfg.images == "link":
+                    os.symlink(source, out / img)
                 else:
-                    missing += 1
-            f.write(json.dumps({"did": d, "txt": texts.get(d) if m != "image" else None, "img_path": img,
-                                "modality": MBEIR_MODALITY.get(m, m)}, ensure_ascii=False) + "\n")
+                    shutil.copyfile(source, out / img)
+            modality[d] = MBEIR_MODALITY.get(m, m)
+            f.write(json.dumps({"txt": texts.get(d) if m != "image" else None, "img_path": img,
+                                "modality": modality[d], "did": did[d],
+                                "src_content": json.dumps({"doc_id": d, "source": src, "source_id": sid})},
+                               ensure_ascii=False) + "\n")
+    if missing:
+        raise ExportRefused(f"{len(missing)} of {len(uris)} images are not under {corpus_root} (first: {missing[0]}): "
+                            "pass --config FILE of the build whose corpus.root holds them")
     w = Written({})
-    with open(out / "queries.jsonl", "w", encoding="utf-8") as f:
+    tasks: set[tuple[int, str]] = set()
+    n = 0
+    with open(out / f"query/{split}" / f"{stem}_{split}.jsonl", "w", encoding="utf-8") as fq, \
+            open(out / f"qrels/{split}" / f"{stem}_{split}_qrels.txt", "w", encoding="utf-8") as fr:
         for g in groups:
-            f.write(json.dumps({"qid": g.query_id, "query_txt": g.query_text, "query_img_path": None,
-                                "query_modality": "text", "target_modality": query_modality.get(g.query_id),
-                                "pos_cand_list": [d for d, _ in g.positives],
-                                "neg_cand_list": [d for d, _ in g.negatives]}, ensure_ascii=False) + "\n")
+            pos = [d for d, _ in g.positives if d in modality]
+            if not pos or not g.query_text:
+                w.skipped.append({"key": g.query_id, "reason": "no positive in the candidate pool" if g.query_text
+                                  else "the query has no text"})
+                continue
+            cand = modality[pos[0]]  # the task is text -> the modality of the positives
+            pos = [d for d in pos if modality[d] == cand]
+            task = MBEIR_TASK[f"text -> {cand}"]
+            n += 1
+            qid = f"{dsid}:{n}"
+            fq.write(json.dumps({"qid": qid, "query_txt": g.query_text, "query_img_path": None,
+                                 "query_modality": "text", "query_src_content": json.dumps({"query_id": g.query_id}),
+                                 "pos_cand_list": [did[d] for d in pos],
+                                 "neg_cand_list": [did[d] for d, _ in g.negatives if d in modality],
+                                 "task_id": task}, ensure_ascii=False) + "\n")
+            fr.writelines(f"{qid} 0 {did[d]} 1 {task}\n" for d in pos)
+            tasks.add((task, cand))
             w.written.append(g.query_id)
-    w.counts = {"queries": len(groups), "candidates": documents.num_rows, "images": images, "images_written": copied,
-                "images_missing": missing, "files": ["queries.jsonl", "candidates.jsonl", "images/"]}
+    with open(out / "instructions" / "query_instructions.tsv", "w", encoding="utf-8") as f:
+        f.write("query_modality\tcand_modality\tdataset_name\tdataset_id\tprompt_1\n")
+        for _, cand in sorted(tasks):
+            f.write(f"text\t{cand}\t{name}\t{dsid}\t{cfg.prompt or MBEIR_PROMPT[cand]}\n")
+    images = len(uris)
+    w.counts = {"queries": len(w.written), "candidates": docs.num_rows, "images": images, "images_written": images,
+                "dataset_id": dsid, "split": split,
+                "files": [f"query/{split}/{stem}_{split}.jsonl", f"cand_pool/local/{stem}_cand_pool.jsonl",
+                          f"qrels/{split}/{stem}_{split}_qrels.txt", "instructions/query_instructions.tsv", "images/"]}
     return w
+
+
+def in_corpus(table: pa.Table, documents: pa.Table | None, column: str = "doc_id") -> pa.Table:
+    """The rows about this corpus's documents (by doc_id or source id); all rows without documents."""
+    if documents is None:
+        return table
+    ids = pa.array(sorted(set(documents["doc_id"].to_pylist()) | {s for s in documents["source_id"].to_pylist() if s}),
+                   pa.string())
+    return table.filter(pc.is_in(table[column], value_set=ids))
 
 
 def _contained(corpus_root: Path | None, uri: str) -> Path | None:
@@ -238,9 +301,11 @@ def write_trec(tables: dict[str, pa.Table], out: Path, negatives: str, documents
     names = source_names(documents)
     (out / "qrels").mkdir()
     (out / "runs").mkdir()
-    files, counts = [], {}
+    files, counts, used = [], {}, []
     for name in sorted(n for n in tables if n.startswith("judgments/")):
-        ok = tables[name].filter(pc.is_valid(tables[name]["grade"]))
+        ok = in_corpus(tables[name].filter(pc.is_valid(tables[name]["grade"])), documents)
+        if ok.num_rows:
+            used.append(name)
         for judge in sorted(set(ok["judge"].to_pylist())):
             t = ok.filter(pc.equal(ok["judge"], judge))
             fname = f"qrels/{slug(judge)}.txt"
@@ -254,15 +319,21 @@ def write_trec(tables: dict[str, pa.Table], out: Path, negatives: str, documents
             "query_id": pairs["query_id"], "doc_id": pairs["pos_doc_id"],
             "relevance": pa.array([1] * pairs.num_rows, pa.int32())}), out / "qrels/positives.txt", doc_names=names)
         files.append("qrels/positives.txt")
+        used.append(negatives)
     for name in sorted(n for n in tables if n.split("/", 1)[0] == "candidates"):
-        t = tables[name]
+        t = in_corpus(tables[name], documents)
+        if t.num_rows:
+            used.append(name)
         for retriever in sorted(set(t["retriever"].to_pylist())):
             r = t.filter(pc.equal(t["retriever"], retriever))
             fname = f"runs/{slug(name.replace('/', '__'))}.{slug(retriever)}.txt"
             counts[fname] = write_run(r.select(["query_id", "doc_id", "score"]), out / fname, tag=slug(retriever),
                                       doc_names=names)
             files.append(fname)
-    return Written({"rows": counts, "files": files}, sorted(tables))
+    left = sorted(set(tables) - set(used))
+    return Written({"rows": counts, "files": files}, sorted(set(used)),
+                   [{"key": n, "reason": "no rows about the documents of this corpus (imported for another corpus)"}
+                    for n in left])
 
 
 def write_parquet(tables: dict[str, pa.Table], out: Path) -> Written:

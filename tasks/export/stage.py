@@ -17,8 +17,8 @@ import pyarrow as pa
 
 from tasks.corpus import document_texts
 from tasks.export.card import card_markdown, lineage_versions, next_version, run_configs, source_licences
-from tasks.export.formats import (group_negatives, st_tuples, write_flagembedding, write_mbeir, write_parquet,
-                                  write_sentence_transformers, write_trec)
+from tasks.export.formats import (ExportRefused, group_negatives, st_tuples, write_flagembedding, write_mbeir,
+                                  write_parquet, write_sentence_transformers, write_trec)
 from tasks.runtime.catalog import now
 from tasks.runtime.stage import KEY, UNIT, Assembled, Read, Stage, Units, optional
 
@@ -80,6 +80,7 @@ class Export(Stage):
         tmp.mkdir()
         try:
             written, used = self._write(inputs, tmp)
+            refuse_empty(fmt, written)
             version = next_version(out, stem)
             refs = [inputs.ref(n) for n in used if inputs.ref(n) is not None]
             catalog = inputs.run.catalog
@@ -88,7 +89,7 @@ class Export(Stage):
                 "created_at": str(now()), "catalog": catalog.path, "counts": written.counts,
                 "files": written.counts.get("files", []), "sources": lineage_versions(catalog, used),
                 "licences": source_licences(inputs.get("documents"), cfg.licenses),
-                "configs": {"export": cfg.model_dump(mode="json")} | run_configs(catalog, refs),
+                "run_configs": {"export": cfg.model_dump(mode="json")} | run_configs(catalog, refs),
             }
             (tmp / "card.json").write_text(json.dumps(card, indent=2, default=str))
             (tmp / "README.md").write_text(card_markdown(card))
@@ -97,9 +98,6 @@ class Export(Stage):
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        if card["counts"].get("images_missing"):
-            log.warning("export %s: %d images not found (pass the build config so the corpus root is known)",
-                        fmt, card["counts"]["images_missing"])
         return Assembled({}, written.written, written.skipped, notes={"path": str(final), "card": card})
 
     def _write(self, inputs, out: Path):
@@ -109,7 +107,8 @@ class Export(Stage):
             return write_parquet(tables, out), sorted(tables)
         if fmt == "trec":
             tables = {n: inputs[n] for n in inputs.matching("") if n != "documents"}
-            return write_trec(tables, out, self.negatives, inputs.get("documents")), sorted(tables)
+            written = write_trec(tables, out, self.negatives, inputs.get("documents"))
+            return written, sorted(written.written) + (["documents"] if "documents" in inputs else [])
         negatives, documents = inputs[self.negatives], inputs["documents"]
         texts = {d: t for d, t in document_texts(documents, inputs.get("captions")).items() if t}
         queries = inputs.get("queries")
@@ -122,9 +121,8 @@ class Export(Stage):
             written = write_sentence_transformers(st_tuples(negatives, texts), texts, out, cfg,
                                                   {g.query_id: g.query_text for g in groups})
         else:
-            qmod = dict(zip(queries["query_id"].to_pylist(), queries["target_modality"].to_pylist())) \
-                if queries is not None else {}
-            written = write_mbeir(groups, documents, texts, out, cfg, _corpus_root(self.config), qmod)
+            written = write_mbeir(groups, documents, texts, out, cfg, corpus_root(self.config, inputs.run.catalog),
+                                  self.params.get("name") or self.config.name)
         written.counts["queries"] = written.counts.get("queries", len(groups))
         written.counts["negatives_rows"] = negatives.num_rows
         return written, used
@@ -135,8 +133,31 @@ class Export(Stage):
         run_logger().info("export %s -> %s", self.format, outcome.notes.get("path"))
 
 
-def _corpus_root(config) -> Path | None:
-    try:
+def refuse_empty(fmt: str, written) -> None:
+    """An export that would write nothing fails, with the most common reason and what to change."""
+    c = written.counts
+    empty = not c.get("files") if fmt == "trec" else (c.get("queries") if fmt == "mbeir" else c.get("rows")) == 0
+    if fmt == "parquet" or not empty:
+        return
+    reasons: dict[str, int] = {}
+    for s in written.skipped:
+        reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
+    top = max(reasons.items(), key=lambda x: x[1]) if reasons else None
+    why = f": {top[0]} ({top[1]} of {len(written.skipped)} left out)" if top else ""
+    remedy = {"trec": "import qrels (`corpusforge import-qrels`) or mine negatives for this corpus first",
+              "sentence-transformers": "pass a smaller --num-negatives, or mine more (negatives.num_negatives)"}
+    raise ExportRefused(f"the {fmt} export would write 0 rows{why}; "
+                        f"{remedy.get(fmt, 'check the negatives and queries of this catalog')}")
+
+
+def corpus_root(config, catalog) -> Path | None:
+    """Where the images are: the config's corpus root, else the one the documents' ingest run recorded."""
+    if config.corpus is not None:
         return config.corpus_root
-    except Exception:  # noqa: BLE001 - a config without a corpus: images cannot be found
-        return None
+    rows = catalog.query("SELECT r.config_json FROM datasets d JOIN runs r USING (run_id) "
+                         "WHERE d.name = 'documents' AND d.is_current").to_pylist()
+    try:
+        root = json.loads(rows[0]["config_json"])["corpus"]["root"] if rows and rows[0]["config_json"] else None
+    except (ValueError, KeyError, TypeError):
+        root = None
+    return Path(root) if root and Path(root).is_absolute() and Path(root).is_dir() else None

@@ -185,7 +185,7 @@ class Negatives(Stage):
         from prefect.artifacts import create_markdown_artifact
         from prefect.context import TaskRunContext
 
-        from tasks.runtime.prefect_support import run_logger
+        from tasks.runtime.prefect_support import artifact_key, run_logger
 
         r = outcome.notes
         if "skipped" in r:
@@ -195,7 +195,7 @@ class Negatives(Stage):
                           r["mode"], r["queries_remined"], r["queries_total"], r["rows"], r["queries_short"],
                           r["num_negatives"])
         if TaskRunContext.get() is not None:
-            create_markdown_artifact(key="negatives-report", markdown=report_markdown(r),
+            create_markdown_artifact(key=artifact_key(self.config.name, "negatives-report"), markdown=report_markdown(r),
                                      description="Hard negative mining: what each policy removed, shortfalls")
 
 

@@ -1,6 +1,7 @@
 """Query filters (model-free): length, n-gram copying, near-duplicates, round-trip.
 
-Filters never drop a query; they set `pass_*` columns, `passed` and a readable `reject_reason`.
+Filters never drop a query; they set `pass_*` columns, `passed`, a readable `reject_reason`
+and a stable `reject_code` (the failed filters' names, comma-separated).
 Round-trip asks the one top-k over the corpus (the text index) whether the source document is
 among the query's top k documents.
 """
@@ -82,10 +83,12 @@ def apply_filters(candidates: pa.Table, query_vectors: np.ndarray, index, f: Que
             "roundtrip": (rank is not None, f"roundtrip: source document not in the top {f.roundtrip_k}"),
         }
         reasons = [why for ok, why in checks.values() if ok is False]
+        codes = [name for name, (ok, _) in checks.items() if ok is False]
         out.append(r | {"pass_length": checks["length"][0], "pass_copy": checks["copy"][0],
                         "pass_dedup": d, "pass_roundtrip": rank is not None,
                         "copy_overlap": overlap, "roundtrip_rank": rank,
-                        "passed": not reasons, "reject_reason": "; ".join(reasons) or None})
+                        "passed": not reasons, "reject_reason": "; ".join(reasons) or None,
+                        "reject_code": ",".join(codes) or None})
     return pa.Table.from_pylist(out, schema=QUERIES)
 
 

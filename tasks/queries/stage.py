@@ -104,7 +104,7 @@ class Queries(Stage):
         from prefect.artifacts import create_markdown_artifact, create_table_artifact
         from prefect.context import TaskRunContext
 
-        from tasks.runtime.prefect_support import run_logger
+        from tasks.runtime.prefect_support import artifact_key, run_logger
 
         table = outcome.tables["queries"].table
         run_logger().info("queries: %d units, %d generated, %d from cache, %d quarantined, %d queries",
@@ -113,12 +113,12 @@ class Queries(Stage):
         if TaskRunContext.get() is None:
             return
         s = summary(table)
-        create_table_artifact(key="queries-per-target", table=[{"target": t} | c for t, c in s["per_target"].items()],
+        create_table_artifact(key=artifact_key(self.config.name, "queries-per-target"), table=[{"target": t} | c for t, c in s["per_target"].items()],
                               description="Synthetic queries per target modality (all candidates, and those passing)")
-        create_table_artifact(key="queries-filter-pass-rates",
+        create_table_artifact(key=artifact_key(self.config.name, "queries-filter-pass-rates"),
                               table=[{"filter": f} | r for f, r in s["filters"].items()],
                               description="Pass rate of each query filter")
-        create_markdown_artifact(key="queries-sample", markdown=summary_markdown(s),
+        create_markdown_artifact(key=artifact_key(self.config.name, "queries-sample"), markdown=summary_markdown(s),
                                  description="Query counts, filter pass rates and 10 sampled queries")
 
 

@@ -39,6 +39,15 @@ def register_collection(prefix: str, view: str, select: str, trigger: str) -> No
     _COLLECTIONS[prefix] = (view, select, trigger)
 
 
+_ALIASES: dict[str, object] = {}  # view name -> pick(current dataset names) -> the dataset it shows, or None
+
+
+def register_alias(view: str, pick) -> None:
+    """A view under a fixed name that shows one current dataset chosen by `pick` (e.g. `tree_nodes`,
+    the default tree), registered like the dataset views for SQL that names it."""
+    _ALIASES[view] = pick
+
+
 def register_views(catalog: "Catalog", con: duckdb.DuckDBPyConnection, sql: str) -> None:
     """Register the current version of every dataset the SQL names (by its view name, e.g.
     `embeddings_text`) on the connection, streaming from its shards; a registered collection
@@ -50,6 +59,9 @@ def register_views(catalog: "Catalog", con: duckdb.DuckDBPyConnection, sql: str)
     words = {w.lower() for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", sql)}
     current = catalog.current_all()
     wanted = {n for n in current if view_name(n).lower() in words}
+    aliases = {view: pick(sorted(current)) for view, pick in _ALIASES.items() if view.lower() in words}
+    aliases = {view: name for view, name in aliases.items() if name in current and view_name(name) != view}
+    wanted |= set(aliases.values())
     for prefix, (view, select, trigger) in _COLLECTIONS.items():
         if any(w.startswith(trigger) for w in words):
             wanted |= {n for n in current if n.startswith(prefix)}
@@ -63,6 +75,8 @@ def register_views(catalog: "Catalog", con: duckdb.DuckDBPyConnection, sql: str)
             con.register(view_name(name), open_version(root, current[name]))
         except (FileNotFoundError, RuntimeError) as e:
             log.warning("view %s unavailable: %s", view_name(name), e)
+    for view, name in aliases.items():
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {quote_ident(view)} AS SELECT * FROM {quote_ident(view_name(name))}")
     for prefix, (view, select, trigger) in _COLLECTIONS.items():
         members = [view_name(n) for n in sorted(wanted) if n.startswith(prefix)]
         if members:
@@ -120,6 +134,7 @@ class Catalog:
         with self.connect() as con:
             _migrate(con)
             con.execute(DDL)
+            _backfill_reason_codes(con)
             for sql in _EXTRA_DDL:
                 con.execute(sql)
 
@@ -235,12 +250,19 @@ class Catalog:
             )
 
     def add_quarantine(self, run_id: str | None, rows: pa.Table) -> None:
+        """Rows of (stage, key, reason, payload[, code]); a missing code is derived from the reason."""
         if rows.num_rows == 0:
             return
+        if "code" not in rows.column_names:
+            from tasks.runtime.reasons import reason_code
+
+            rows = rows.append_column("code", pa.array([reason_code(r) for r in rows["reason"].to_pylist()],
+                                                       pa.string()))
         with self.connect() as con:
             con.register("q", rows)
             con.execute(
-                "INSERT INTO quarantine SELECT ?, stage, key, reason, payload, ? FROM q", [run_id, now()]
+                "INSERT INTO quarantine (run_id, stage, key, reason, payload, created_at, code) "
+                "SELECT ?, stage, key, reason, payload, ?, code FROM q", [run_id, now()]
             )
 
     # ---- datasets -------------------------------------------------------------------------
@@ -275,7 +297,7 @@ class Catalog:
                            [name]).fetchone()[0]
 
     def lineage(self, name: str, version: int | None = None) -> pa.Table:
-        """All ancestors of a dataset version, one row per edge, nearest first."""
+        """All ancestors of a dataset version, each edge once (at its nearest depth), nearest first."""
         if version is None:
             cur = self.current(name)
             if cur is None:
@@ -290,8 +312,9 @@ class Catalog:
                 SELECT l.name, l.version, l.parent_name, l.parent_version, up.depth + 1
                 FROM lineage l JOIN up ON l.name = up.parent_name AND l.version = up.parent_version
             )
-            SELECT DISTINCT depth, name, version, parent_name, parent_version FROM up
-            ORDER BY depth, name, parent_name
+            SELECT min(depth) AS depth, name, version, parent_name, parent_version FROM up
+            GROUP BY name, version, parent_name, parent_version
+            ORDER BY depth, name, parent_name, parent_version
             """,
             [name, version],
         )
@@ -309,6 +332,15 @@ def _migrate(con: duckdb.DuckDBPyConnection) -> None:
         log.warning("catalog migration: the old `indexes` table is replaced by dataset versions "
                     "indexes/<name>; the next build rebuilds the indexes")
         con.execute("DROP TABLE indexes")
+
+
+def _backfill_reason_codes(con: duckdb.DuckDBPyConnection) -> None:
+    """Quarantine rows from before the code column get the code add_quarantine gives new ones."""
+    from tasks.runtime.reasons import reason_code
+
+    reasons = [r[0] for r in con.execute("SELECT DISTINCT reason FROM quarantine WHERE code IS NULL").fetchall()]
+    for reason in reasons:
+        con.execute("UPDATE quarantine SET code = ? WHERE code IS NULL AND reason = ?", [reason_code(reason), reason])
 
 
 def _user() -> str:

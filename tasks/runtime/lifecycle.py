@@ -61,8 +61,27 @@ class Run:
     def progress(self, stage: str):
         from tasks.runtime.progress import Progress
 
-        with Progress.for_stage(stage, quiet=self.quiet, logger=self.logger) as p:
+        with Progress.for_stage(stage, quiet=self.quiet, logger=self.logger, corpus=self.config.name) as p:
             yield p
+
+
+def _described(config: BuildConfig) -> dict:
+    """The config as the run records it, the corpus root resolved, so exports find the images later."""
+    d = config.model_dump(mode="json")
+    if config.corpus is not None and "://" not in config.corpus.root:
+        d["corpus"]["root"] = str(config.corpus_root)
+    return d
+
+
+def _prefect_flow_run_id() -> str | None:
+    """The Prefect flow run this run is inside, if any (without importing Prefect for plain commands)."""
+    import sys
+
+    if "prefect" not in sys.modules:
+        return None
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id) if flow_run.id else None
 
 
 def refuse_old_catalog(catalog) -> None:
@@ -85,12 +104,17 @@ def open_run(config: BuildConfig, flow: str, *, params: dict | None = None, hold
     run = Run.open(config, flow=flow, quiet=quiet)
     if logger is not None:
         run.logger = logger
-    described = params if params is not None else config.model_dump(mode="json")
+    described = params if params is not None else _described(config)
     with run.catalog.run_lock(config.flow.lock_timeout_s, holder=holder or f"{flow} of '{config.name}'"):
         run.catalog.mark_abandoned_runs()
         refuse_old_catalog(run.catalog)
+        prefect_flow_run_id = prefect_flow_run_id or _prefect_flow_run_id()
         run.run_id = run.catalog.start_run(flow, config.name, fingerprint(described), canonical_json(described),
                                            prefect_flow_run_id=prefect_flow_run_id)
+        if prefect_flow_run_id:
+            from tasks.runtime.prefect_support import name_flow_run
+
+            name_flow_run(run.run_id, config.name)
         try:
             yield run
         except BaseException as e:

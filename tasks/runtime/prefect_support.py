@@ -58,3 +58,26 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
         return get_run_logger()
     except Exception:  # noqa: BLE001 - MissingContextError outside a run
         return logging.getLogger("corpusforge")
+
+
+def artifact_key(corpus: str, kind: str) -> str:
+    """A Prefect artifact key that names the corpus (keys allow lowercase letters, digits and dashes),
+    so two corpora's artifacts of the same kind stay apart in the UI."""
+    import re
+
+    return re.sub(r"[^a-z0-9-]+", "-", f"{corpus}-{kind}".lower()).strip("-")
+
+
+def name_flow_run(run_id: str, corpus: str) -> None:
+    """Name the current Prefect flow run after the corpusforge run and corpus ("sample 20260102-…"),
+    so the UI's runs list reads like `corpusforge runs`. Outside a flow run, nothing to do."""
+    try:
+        from prefect.client.orchestration import get_client
+        from prefect.runtime import flow_run
+
+        if not flow_run.id:
+            return
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(flow_run.id, name=f"{corpus} {run_id}")
+    except Exception as e:  # noqa: BLE001 - a name is a label, never a reason to fail the run
+        logging.getLogger(__name__).debug("flow run not renamed: %s", e)

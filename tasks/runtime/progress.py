@@ -21,8 +21,9 @@ def quiet_by_env() -> bool:
 
 
 class Progress:
-    def __init__(self, stage: str, *, quiet: bool = False, logger=None, every_s: float | None = None):
-        self.stage = stage
+    def __init__(self, stage: str, *, quiet: bool = False, logger=None, every_s: float | None = None,
+                 corpus: str = ""):
+        self.stage, self.corpus = stage, corpus
         self.quiet = quiet or quiet_by_env()
         self.logger = logger or log
         self.every_s = every_s if every_s is not None else float(os.environ.get("CORPUSFORGE_PROGRESS_EVERY", "10"))
@@ -114,10 +115,12 @@ class Progress:
                 return
             from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
+            from tasks.runtime.prefect_support import artifact_key
+
             pct = 100.0 * self.done / max(self.total, 1)
             if self.artifact_id is None:
                 self.artifact_id = create_progress_artifact(
-                    progress=pct, key=f"progress-{self.stage}".replace("_", "-"),
+                    progress=pct, key=artifact_key(self.corpus or "corpus", f"progress-{self.stage}"),
                     description=f"{self.stage}: items done of {self.total}")
             else:
                 update_progress_artifact(artifact_id=self.artifact_id, progress=pct)

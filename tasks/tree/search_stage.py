@@ -114,7 +114,7 @@ class Search(Stage):
         from prefect.artifacts import create_markdown_artifact
         from prefect.context import TaskRunContext
 
-        from tasks.runtime.prefect_support import run_logger
+        from tasks.runtime.prefect_support import artifact_key, run_logger
 
         n = outcome.notes
         run_logger().info("search over tree %s: %d queries, %.1f scorer calls per query, %d failed slates",
@@ -127,7 +127,7 @@ class Search(Stage):
                  "| query | calls | failed | top hit | its path |", "|---|---|---|---|---|"]
         for text, c, f, top, path in n["examples"]:
             lines.append(f"| {text[:60]} | {c} | {f} | {top or '-'} | {(path or '').replace('|', '/')} |")
-        create_markdown_artifact(key="tree-search", markdown="\n".join(lines),
+        create_markdown_artifact(key=artifact_key(self.config.name, "tree-search"), markdown="\n".join(lines),
                                  description="Tree search over a query set")
 
 

@@ -352,7 +352,9 @@ class TreeStage(Stage):
         if _in_prefect_run() and n.get("outline"):
             from prefect.artifacts import create_markdown_artifact
 
-            create_markdown_artifact(key=f"tree-{self.cfg.name}".replace("_", "-").lower(), markdown=n["outline"],
+            from tasks.runtime.prefect_support import artifact_key
+
+            create_markdown_artifact(key=artifact_key(self.config.name, f"tree-{self.cfg.name}"), markdown=n["outline"],
                                      description=f"Top of tree {self.cfg.name}")
 
 
