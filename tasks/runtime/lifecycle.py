@@ -86,6 +86,7 @@ def open_run(config: BuildConfig, flow: str, *, params: dict | None = None, hold
     with run.catalog.run_lock(config.flow.lock_timeout_s, holder=holder or f"{flow} of '{config.name}'"):
         run.catalog.mark_abandoned_runs()
         refuse_old_catalog(run.catalog)
+        run.catalog.remember_data_root(run.root.uri)
         run.run_id = run.catalog.start_run(flow, config.name, fingerprint(described), canonical_json(described),
                                            prefect_flow_run_id=prefect_flow_run_id)
         try:

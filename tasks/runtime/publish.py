@@ -280,13 +280,10 @@ def _merge_reports(name: str, reports: list[ValidationReport]) -> ValidationRepo
 
 def _open_current(root: DataRoot, current: DatasetVersion):
     """The current version to diff against; a version whose data is gone is replaced whole."""
-    if current.table_version is None:
-        raise OldCatalog(current)
     try:
-        return versions.open_dataset(root.absolute(current.path), current.table_version, root.storage_options)
-    except (ValueError, OSError, RuntimeError) as e:
-        log.warning("%s: its data at %s cannot be read (%s); publishing the new version whole", current.ref,
-                    current.path, e)
+        return open_version(root, current)
+    except FileNotFoundError as e:
+        log.warning("%s; publishing the new version whole", e)
         return None
 
 
