@@ -22,4 +22,7 @@ def config_for(catalog: str | None = None, config_path: str | None = None) -> Bu
             cat = Path(catalog).resolve()
             cfg = cfg.model_copy(update={"catalog": str(cat), "data_root": str(cat.parent / "data")})
         return cfg
-    return catalog_config(catalog or default_catalog())
+    from tasks.runtime.catalog import remembered_data_root
+
+    path = catalog or default_catalog()
+    return catalog_config(path, data_root=remembered_data_root(path))

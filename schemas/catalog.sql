@@ -92,3 +92,10 @@ CREATE OR REPLACE VIEW indexes AS
            json_extract_string(meta, '$.action') AS action,
            meta AS manifest, is_current, run_id, created_at
     FROM datasets WHERE name LIKE 'indexes/%';
+
+-- facts about the catalog itself: `data_root` when it is remote (s3://...), so that commands given only
+-- the catalog file find the data; a local data root is not recorded (catalog and data move together)
+CREATE TABLE IF NOT EXISTS settings (
+    key               VARCHAR PRIMARY KEY,
+    value             VARCHAR NOT NULL
+);

@@ -114,7 +114,7 @@ def test_build_refresh_sql_and_export_on_an_s3_data_root(prefect_harness, on_s3,
     assert 0 < new_doc_bytes < sum(first[k] for k in kept)  # the refresh wrote only the delta's shard
     assert read(catalog, catalog.data_root(), "documents", version=v1.version).num_rows == v1.row_count
 
-    out = corpusforge(on_s3, "sql", "--config", str(config), "--format", "json",
+    out = corpusforge(on_s3, "sql", "--catalog", str(tmp_path / "catalog.duckdb"), "--format", "json",
                       "SELECT count(*) AS n FROM documents WHERE source_id LIKE 's3-new-%'")
     assert json.loads(out.stdout[out.stdout.index("["):]) == [{"n": 3}]
 

@@ -176,8 +176,17 @@ class Catalog:
         from tasks.runtime.storage import DataRoot
 
         if self.root is None:
-            self.root = DataRoot(str(Path(self.path).resolve().parent / "data"))
+            with self.connect() as con:
+                row = con.execute("SELECT value FROM settings WHERE key = 'data_root'").fetchall()
+            self.root = DataRoot(row[0][0] if row else str(Path(self.path).resolve().parent / "data"))
         return self.root
+
+    def remember_data_root(self, uri: str) -> None:
+        """Record a remote data root, so `corpusforge sql --catalog FILE` reads the same data."""
+        if "://" not in uri or uri.startswith("file://"):
+            return
+        with self.connect() as con:
+            con.execute("INSERT OR REPLACE INTO settings VALUES ('data_root', ?)", [uri])
 
     # ---- run lock -------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -318,6 +327,23 @@ class Catalog:
             """,
             [name, version],
         )
+
+
+def remembered_data_root(path: str | Path) -> str | None:
+    """The remote data root a catalog file recorded (None: the data is beside it)."""
+    if not Path(path).is_file():
+        return None
+    try:
+        con = duckdb.connect(str(path), read_only=True)
+    except duckdb.Error:
+        return None  # busy or unreadable: the command that opens it reports that
+    try:
+        row = con.execute("SELECT value FROM settings WHERE key = 'data_root'").fetchall()
+    except duckdb.CatalogException:
+        return None  # a catalog from before the settings table
+    finally:
+        con.close()
+    return row[0][0] if row else None
 
 
 def _migrate(con: duckdb.DuckDBPyConnection) -> None:

@@ -109,6 +109,7 @@ def open_run(config: BuildConfig, flow: str, *, params: dict | None = None, hold
         run.catalog.mark_abandoned_runs()
         refuse_old_catalog(run.catalog)
         prefect_flow_run_id = prefect_flow_run_id or _prefect_flow_run_id()
+        run.catalog.remember_data_root(run.root.uri)
         run.run_id = run.catalog.start_run(flow, config.name, fingerprint(described), canonical_json(described),
                                            prefect_flow_run_id=prefect_flow_run_id)
         if prefect_flow_run_id:

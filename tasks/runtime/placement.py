@@ -119,8 +119,8 @@ def stage_output(root: "DataRoot", staging_dir: str, name: str, out: Output | pa
     parts = list(out.parts)
     if out.table is not None:
         table = out.table
-        for start in range(0, max(table.num_rows, 1), PART_ROWS):
-            path = root.path(folder, f"part-{uuid.uuid4().hex}.parquet")
+        for n, start in enumerate(range(0, max(table.num_rows, 1), PART_ROWS)):
+            path = root.path(folder, f"part-{n:08d}-{uuid.uuid4().hex[:8]}.parquet")
             root.write(table.slice(start, PART_ROWS), path)
             parts.append(path)
     files = {}

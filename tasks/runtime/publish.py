@@ -286,11 +286,10 @@ def _open_current(root: DataRoot, current: DatasetVersion):
     if current.table_version is None:
         raise OldCatalog(current)
     try:
-        ds = versions.open_dataset(root.absolute(current.path), current.table_version, root.storage_options)
+        ds = open_version(root, current)
         missing = versions.missing_files(ds, root.absolute(current.path), root.fs)
-    except (ValueError, OSError, RuntimeError) as e:
-        log.warning("%s: its data at %s cannot be read (%s); publishing the new version whole", current.ref,
-                    current.path, e)
+    except (OSError, ValueError, RuntimeError) as e:
+        log.warning("%s: its data cannot be read (%s); publishing the new version whole", current.ref, e)
         return None
     if missing:
         log.warning("%s: %d of its data files are missing (e.g. %s); publishing the new version whole",

@@ -210,8 +210,10 @@ class Staging:
     def write(self, output: str, table: pa.Table) -> None:
         import uuid
 
-        if table.num_rows:
-            self.root.write(table, self.root.path(self.dir, output.replace("/", "__"), f"part-{uuid.uuid4().hex}.parquet"))
+        if table.num_rows:  # numbered, so the parts read back in the order they were written
+            self._written = getattr(self, "_written", 0) + 1
+            self.root.write(table, self.root.path(self.dir, output.replace("/", "__"),
+                                                  f"part-{self._written:08d}-{uuid.uuid4().hex[:8]}.parquet"))
 
     def parts(self, output: str) -> list[str]:
         return self.root.list_files(self.root.path(self.dir, output.replace("/", "__")))
