@@ -125,7 +125,7 @@ def test_build_refresh_sql_and_export_on_an_s3_data_root(prefect_harness, on_s3,
     assert len(candidates) == v2.row_count - catalog.query(
         "SELECT count(*) FROM documents WHERE modality = 'text' AND text IS NULL").column(0)[0].as_py()
     images = [p for p in export.rglob("images/*") if p.is_file()]
-    assert images and all(p.stat().st_size > 0 for p in images)  # the image bytes came from the bucket
+    assert images and all(p.stat().st_size > 0 for p in images)  # found through the corpus root of the run
     train = [json.loads(line) for f in export.rglob("train.jsonl") for line in f.read_text().splitlines()]
     assert train and all(r["pos"] and r["neg"] for r in train)
 
