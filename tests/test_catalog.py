@@ -241,3 +241,14 @@ def test_a_catalog_from_before_sharded_versions_is_refused_with_how_to_rebuild(t
     cat = Catalog(work / "catalog.duckdb")  # the migration added the column and kept the row
     assert cat.current("documents").table_version is None
     assert cat.query("SELECT count(*) AS n FROM runs").to_pylist() == [{"n": 0}]  # refused before it started
+
+
+def test_a_path_already_under_the_root_is_not_nested_again(tmp_path, monkeypatch):
+    """Object-store paths (bucket/prefix/...) have no leading `/`: joining a full path to the root's
+    base again must not nest the root inside itself, or writers and readers disagree on a path."""
+    root = DataRoot(str(tmp_path / "d"))
+    root.base = "bucket/prefix"  # the shape of an s3:// root's base
+    full = root.path("_staging", "run", "ingest")
+    assert full == "bucket/prefix/_staging/run/ingest"
+    assert root.path(full, "documents", "part-1.parquet") == "bucket/prefix/_staging/run/ingest/documents/part-1.parquet"
+    assert root.path(root.relative(full)) == full

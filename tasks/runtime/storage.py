@@ -61,7 +61,11 @@ class DataRoot:
         return isinstance(self.fs, pafs.LocalFileSystem)
 
     def path(self, *parts: str) -> str:
-        """A filesystem path under the root (bucket/prefix/... for object stores)."""
+        """A filesystem path under the root (bucket/prefix/... for object stores). A first part that is
+        already a path under the root is kept as is: object-store paths have no leading `/`, so joining
+        one to the base again would nest the root inside itself."""
+        if parts and (parts[0] == self.base or parts[0].startswith(self.base + "/")):
+            return posixpath.join(*parts)
         return posixpath.join(self.base, *parts)
 
     def lance_uri(self, name: str) -> str:
