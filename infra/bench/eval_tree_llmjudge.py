@@ -1,12 +1,15 @@
 """Tree search vs flat dense retrieval on LLMJudge (4,414 passages, 25 test queries, human qrels).
 
-    .venv/bin/python -m infra.bench.eval_tree_llmjudge [--configs bottom_up:10:summary top_down:10:summary ...]
+    .venv/bin/python -m infra.bench.eval_tree_llmjudge [--configs bottom_up:10:summary ...] [--sample N --seeds K]
 
 Both retrievers use the same MiniLM embeddings: flat dense is exact inner-product search (FAISS
 IndexFlatIP) over every passage; tree search walks a LATTICE tree with the embedding scorer and
 at most 1 + B·(N−1) = 39 scorer calls per query. nDCG@10 and Recall@100 come from ir_measures
 (graded human qrels; Recall counts grade ≥ 1 as relevant, trec_eval's default). Passage vectors
 are cached under .corpusforge/cache (the first run embeds 4,414 passages: a few minutes on CPU).
+`--sample N` builds the trees (and the flat index) over N passages drawn at random, K times, so a
+corpus size whose root used to get 2 children (N = 1,500 at M = 10) is measured too. Prints the
+table and one `BENCH tree_llmjudge_<config> ...` line per tree with its ratios to flat search.
 """
 from __future__ import annotations
 
@@ -74,7 +77,7 @@ def tree_run(ids, texts, vecs, queries, qvecs, embedder, mode: str, m: int, node
     t0 = time.perf_counter()
     build = build_bottom_up if mode == "bottom_up" else build_top_down
     tree = build("llmjudge", ids, texts, vecs, ExtractiveSummarizer(TermStats.of(texts)),
-                 embedder.embed if node_vectors == "summary" else None,
+                 embedder.embed if node_vectors in ("summary", "both") else None,
                  BuildParams(max_branching=m, node_vectors=node_vectors), space=embedder.name)
     build_s = time.perf_counter() - t0
     scorer = EmbeddingScorer(embedder.embed)
@@ -88,15 +91,20 @@ def tree_run(ids, texts, vecs, queries, qvecs, embedder, mode: str, m: int, node
         calls.append(result.scorer_calls)
         scored.append(len(result.calibration.nodes) if result.calibration else 0)
     return run, {"build_s": build_s, "search_s_per_query": (time.perf_counter() - t0) / len(queries),
-                 "calls": float(np.mean(calls)), "scored": float(np.mean(scored)), "height": tree.height()}
+                 "calls": float(np.mean(calls)), "scored": float(np.mean(scored)), "height": tree.height(),
+                 "root": len(tree.children[0])}
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--configs", nargs="+", default=["bottom_up:10:summary", "bottom_up:20:summary",
-                                                     "top_down:10:summary", "bottom_up:10:centroid"],
+    ap.add_argument("--configs", nargs="+", default=["bottom_up:10:summary", "bottom_up:10:centroid",
+                                                     "bottom_up:10:both", "bottom_up:20:both", "top_down:10:both"],
                     help="mode:M:node_vectors for each tree")
+    ap.add_argument("--sample", type=int, help="build over this many passages drawn at random (qrels restricted)")
+    ap.add_argument("--seeds", type=int, default=1, help="how many random samples with --sample")
     args = ap.parse_args(argv)
+    if args.sample:
+        return sampled(args)
 
     from tasks.backends.embedders import minilm
 
@@ -115,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
         mode, m, nv = spec.split(":")
         run, info = tree_run(ids, texts, vecs, queries, qvecs, embedder, mode, int(m), nv)
         metrics = evaluate(run, qrels)
-        label = f"tree search, {mode.replace('_', '-')}, M={m}, {nv} vectors (height {info['height']})"
+        label = (f"tree search, {mode.replace('_', '-')}, M={m}, {nv} vectors (height {info['height']}, "
+                 f"{info['root']} children at the root)")
         rows.append((label, metrics, f"{info['calls']:.0f}", f"{info['scored']:.0f}", f"{info['build_s']:.0f}s"))
         print(f"# {label}: {metrics} calls={info['calls']:.1f} scored={info['scored']:.0f} "
               f"build={info['build_s']:.1f}s search={info['search_s_per_query'] * 1000:.0f}ms/query", flush=True)
@@ -124,6 +133,43 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|---|")
     for label, m, calls, scored, build in rows:
         print(f"| {label} | {m['ndcg10']:.4f} | {m['recall100']:.4f} | {calls} | {scored} | {build} |")
+    for (label, m, calls, _, _), spec in zip(rows[1:], args.configs):
+        print(f"BENCH tree_llmjudge_{spec.replace(':', '_')} ndcg10={m['ndcg10']:.4f} recall100={m['recall100']:.4f} "
+              f"ndcg10_ratio={m['ndcg10'] / flat['ndcg10']:.3f} recall100_ratio={m['recall100'] / flat['recall100']:.3f} "
+              f"flat_ndcg10={flat['ndcg10']:.4f} flat_recall100={flat['recall100']:.4f} calls={calls} docs={len(ids)}")
+
+
+def sampled(args) -> None:
+    """Flat and tree search over random passage samples; mean metrics and ratios over the samples."""
+    from tasks.backends.embedders import minilm
+
+    ids, texts, queries, qrels = load()
+    embedder = minilm()
+    vecs = embed_passages(texts, embedder)
+    qids = list(queries)
+    qvecs = embedder.embed([queries[q] for q in qids])
+    results: dict[str, list] = {"flat": []} | {c: [] for c in args.configs}
+    for seed in range(args.seeds):
+        pick = np.sort(np.random.default_rng(seed).choice(len(ids), args.sample, replace=False))
+        s_ids, s_texts, s_vecs = [ids[i] for i in pick], [texts[i] for i in pick], vecs[pick]
+        keep = set(s_ids)
+        s_qrels = {q: {d: g for d, g in docs.items() if d in keep} for q, docs in qrels.items()}
+        s_qrels = {q: docs for q, docs in s_qrels.items() if any(g > 0 for g in docs.values())}
+        s_queries = {q: queries[q] for q in s_qrels}
+        s_qvecs = qvecs[[qids.index(q) for q in s_queries]]
+        results["flat"].append(evaluate(flat_dense(s_ids, s_vecs, s_qvecs, list(s_queries)), s_qrels))
+        for spec in args.configs:
+            mode, m, nv = spec.split(":")
+            run, info = tree_run(s_ids, s_texts, s_vecs, s_queries, s_qvecs, embedder, mode, int(m), nv)
+            results[spec].append(evaluate(run, s_qrels) | {"root": info["root"], "height": info["height"]})
+    flat = {k: float(np.mean([r[k] for r in results["flat"]])) for k in ("ndcg10", "recall100")}
+    print(f"# {args.seeds} samples of {args.sample} passages; flat: {flat}")
+    for spec in args.configs:
+        r = {k: float(np.mean([x[k] for x in results[spec]])) for k in ("ndcg10", "recall100", "root", "height")}
+        print(f"BENCH tree_llmjudge_{spec.replace(':', '_')}_n{args.sample} ndcg10={r['ndcg10']:.4f} "
+              f"recall100={r['recall100']:.4f} ndcg10_ratio={r['ndcg10'] / flat['ndcg10']:.3f} "
+              f"recall100_ratio={r['recall100'] / flat['recall100']:.3f} root_children={r['root']:.1f} "
+              f"height={r['height']:.0f} samples={args.seeds}")
 
 
 if __name__ == "__main__":
