@@ -15,7 +15,7 @@ def cmd_train_judge(args) -> int:
 
     training = {"epochs": args.epochs, "base_model": args.base_model, "learning_rate": args.learning_rate,
                 "max_length": args.max_length, "freeze_layers": args.freeze_layers, "batch_size": args.batch_size,
-                "seed": args.seed}
+                "seed": args.seed, "prior": args.prior}
     try:
         summary = train_judge_flow(labels=args.labels, name=args.name, split=args.split, queries=args.queries,
                                    docs=args.docs, catalog=args.catalog, config_path=args.config, training=training)
@@ -46,4 +46,6 @@ def register(sub) -> None:
     t.add_argument("--freeze-layers", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--seed", type=int)
+    t.add_argument("--prior", choices=["cosine", "none"], help="overrides judge.training.prior: learn a correction "
+                   "of the calibrated cosine judge (cosine, the default) or the grades alone (none)")
     t.set_defaults(func=cmd_train_judge)
