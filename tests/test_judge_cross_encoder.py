@@ -79,7 +79,10 @@ def test_train_judge_records_its_labels_and_grades_held_out_queries(cfg, tmp_pat
     manifest = read_manifest(folder)
     assert ref.ref == "judge_models/tiny@v1" and manifest["grade_counts"] == [4, 0, 0, 4]
     assert manifest["label_set"] == "assessor" and manifest["split"] == "odd"
-    p = CrossEncoderGrader(folder).p_grade(["who pays a bounty hunter"] * 2, [PASSAGES["good"], PASSAGES["bad"]])
+    assert manifest["prior"]["kind"] == "offline-cosine"  # the default: a correction of the cosine judge
+    # graded on its own, it needs each pair's cosine (the judge stage reads them from the embed cache)
+    p = CrossEncoderGrader(folder).p_grade(["who pays a bounty hunter"] * 2, [PASSAGES["good"], PASSAGES["bad"]],
+                                           [0.6, 0.1])
     assert p.shape == (2, 4) and np.allclose(p.sum(1), 1, atol=1e-5)
 
     # judge the held-out (even) queries with it, through the judge stage
@@ -132,3 +135,40 @@ def test_training_labels_split_by_query_number():
     assert [split_of(q) for q in ("q49", "q0", "topic-12", "t7b", "x")] == ["odd", "even", "even", "odd", None]
     assert in_split("q1", "all") and in_split("q1", "odd") and not in_split("q1", "even")
     assert pc.sum(pa.array([in_split(q, "odd") for q in TOPICS])).as_py() == 4
+
+
+def test_a_judge_trained_on_the_cosine_prior_starts_as_it_and_learns_what_it_gets_wrong(tmp_path, tiny_bert):
+    """prior=cosine: the head starts at zero, so the untrained model is exactly the cosine judge; training
+    moves it toward the labels where the prior disagrees, and grading needs each pair's cosine."""
+    from schemas.config import JudgeTraining
+    from tasks.judge.cross_encoder import CrossEncoderGrader, prior_logp, read_manifest
+    from tasks.judge.offline_judge import grade_probabilities
+    from tasks.judge.train import train_cross_encoder
+
+    prior = {"kind": "offline-cosine", "encoder": {}, "thresholds": [0.3, 0.5, 0.7], "temperature": 0.1}
+    queries = list(TOPICS.values())
+    pairs = pa.table({"query_id": list(TOPICS) * 2, "query_text": queries * 2,
+                      "doc_text": [PASSAGES["good"]] * 8 + [PASSAGES["bad"]] * 8, "grade": [3] * 8 + [0] * 8})
+    cos = np.array([0.45] * 8 + [0.55] * 8)  # the prior has it backwards: the good passage looks less related
+    logp = prior_logp(prior, cos)
+    assert logp.shape == (16, 4) and logp[0].argmax() == 1 and logp[-1].argmax() == 2
+    params = JudgeTraining(base_model=tiny_bert, epochs=1, batch_size=4, max_length=64, freeze_layers=1,
+                           warmup_ratio=0.0)
+    untrained = tmp_path / "untrained"
+    train_cross_encoder(pairs, untrained, params.model_copy(update={"learning_rate": 1e-12}),
+                        prior_logp=logp, prior=prior)
+    grader = CrossEncoderGrader(str(untrained))
+    assert read_manifest(untrained)["prior"] == prior
+    start = grader.p_grade(pairs["query_text"].to_pylist(), pairs["doc_text"].to_pylist(), cos)
+    assert np.allclose(start, grade_probabilities(cos, prior["thresholds"], prior["temperature"]), atol=1e-3)
+    with pytest.raises(ValueError, match="needs each pair's cosine"):
+        grader.p_grade(queries[:1], [PASSAGES["good"]])
+
+    trained = tmp_path / "trained"
+    train_cross_encoder(pairs, trained, params.model_copy(update={"epochs": 10, "learning_rate": 2e-2}),
+                        prior_logp=logp, prior=prior)
+    after = CrossEncoderGrader(str(trained)).p_grade(pairs["query_text"].to_pylist(), pairs["doc_text"].to_pylist(),
+                                                     cos)
+    idx = np.arange(16)
+    truth = np.array([3] * 8 + [0] * 8)
+    assert after[idx, truth].mean() > start[idx, truth].mean() + 0.1, (after[idx, truth], start[idx, truth])

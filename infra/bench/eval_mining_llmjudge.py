@@ -91,8 +91,11 @@ def main(argv: list[str] | None = None) -> dict:
     embedder = minilm()
     all_vecs = embed_passages(texts, embedder)
     row = {d: i for i, d in enumerate(ids)}
-    doc_ids = list(canonical.values())
-    index = flat_index(all_vecs[[row[d] for d in doc_ids]], doc_ids, embedder.name)
+    # the catalog names documents by 32-hex ids (LLMJudge's docids stay their source ids)
+    ours = {d: hashlib.md5(d.encode()).hexdigest() for d in canonical.values()}
+    grades = {(q, ours[d]): g for (q, d), g in grades.items()}
+    doc_ids = [ours[d] for d in canonical.values()]
+    index = flat_index(all_vecs[[row[d] for d in canonical.values()]], doc_ids, embedder.name)
     qids = sorted({q for q, _ in grades if in_split(q, args.split)}, key=lambda q: int(q[1:]))
     by_q = defaultdict(list)
     for (q, d), g in grades.items():
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"no trained judge '{args.judge}' in {base.catalog_path}: run "
                          "`python -m infra.bench.eval_judge_llmjudge` first")
     if catalog.current("documents") is None:
-        docs = pa.Table.from_pylist([{"doc_id": d, "modality": "text", "text": t, "source": "llmjudge",
+        docs = pa.Table.from_pylist([{"doc_id": ours[d], "modality": "text", "text": t, "source": "llmjudge",
                                       "source_id": d} for t, d in canonical.items()], schema=DOCUMENTS)
         seed(catalog, DataRoot(base.data_root_uri), "documents", docs)
     judged_rows = {}

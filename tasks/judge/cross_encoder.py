@@ -45,8 +45,7 @@ def model_sha(path: str | Path) -> str:
 def _model_sha(path: str, stamp: tuple) -> str:
     h = hashlib.sha256()
     root = Path(path)
-    for f in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".json")
-                    and p.name != MANIFEST):
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".json")):
         h.update(str(f.relative_to(root)).encode())
         with open(f, "rb") as fh:
             while chunk := fh.read(1 << 22):
@@ -116,20 +115,46 @@ class CrossEncoderGrader:
         if not Path(path).is_dir():
             raise FileNotFoundError(f"no cross-encoder model folder at {path}; train one with "
                                     "`corpusforge train-judge` or set judge.model to a CrossEncoder folder")
+        self.path = path
         self.model = CrossEncoder(path, device=device, max_length=max_length, local_files_only=True)
         n = int(getattr(self.model, "num_labels", 0) or self.model.config.num_labels)
         if n != GRADES:
             raise ValueError(f"the cross-encoder at {path} has {n} output(s); a judge needs {GRADES}, one per "
                              "grade 0-3 (train one from a label set with `corpusforge train-judge`)")
         self.batch_size = batch_size
+        self.prior = read_manifest(path).get("prior")  # a trained correction of the cosine judge
 
-    def p_grade(self, queries: list[str], docs: list[str]) -> np.ndarray:
-        """(n, 4) probabilities; pairs of similar length share a batch, results in input order."""
+    def p_grade(self, queries: list[str], docs: list[str], cosines=None) -> np.ndarray:
+        """(n, 4) probabilities; pairs of similar length share a batch, results in input order. A
+        judge trained on a cosine prior adds its outputs to that judge's log-probabilities."""
         if not queries:
             return np.zeros((0, GRADES), np.float32)
         order = np.argsort([len(q) + len(d) for q, d in zip(queries, docs)], kind="stable")
         scores = self.model.predict([(queries[i], docs[i]) for i in order], batch_size=self.batch_size,
-                                    apply_softmax=True, show_progress_bar=False, convert_to_numpy=True)
-        out = np.empty((len(queries), GRADES), np.float32)
-        out[order] = np.asarray(scores, np.float32).reshape(len(queries), GRADES)
-        return out
+                                    apply_softmax=False, show_progress_bar=False, convert_to_numpy=True)
+        logits = np.empty((len(queries), GRADES), np.float64)
+        logits[order] = np.asarray(scores, np.float64).reshape(len(queries), GRADES)
+        if self.prior:
+            if cosines is None:
+                raise ValueError("this judge corrects the cosine judge: it needs each pair's cosine")
+            logits += prior_logp(self.prior, np.asarray(cosines, np.float64))
+        z = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def prior_logp(prior: dict, cosines: np.ndarray) -> np.ndarray:
+    """log p_grade of the cosine judge a model was trained to correct (its thresholds, its temperature)."""
+    from tasks.judge.offline_judge import grade_probabilities
+
+    if prior.get("kind") != "offline-cosine":
+        raise ValueError(f"unknown judge prior {prior.get('kind')!r}")
+    p = grade_probabilities(cosines, prior["thresholds"], prior["temperature"])
+    return np.log(np.clip(p.astype(np.float64), 1e-6, 1.0))
+
+
+def prior_encoder(path: str | Path):
+    """The text encoder of a model's cosine prior (None when it has no prior)."""
+    from schemas.config import TextEncoder
+
+    prior = read_manifest(path).get("prior")
+    return TextEncoder.model_validate(prior["encoder"]) if prior else None

@@ -171,8 +171,22 @@ class Judge:
                              [json.dumps({"cosine": round(float(x), 6)}) for x in s])
 
     def _cross_encoder(self, pairs: pa.Table) -> pa.Table:
+        queries = pairs["query_text"].to_pylist()
         docs = [(d or "")[: self.cfg.max_doc_chars] for d in pairs["doc_text"].to_pylist()]
-        p = self.backend.p_grade(pairs["query_text"].to_pylist(), docs)
+        cos = None
+        if getattr(self.backend, "prior", None):  # a correction of the cosine judge reads the cosines too
+            from tasks.backends.embedders import local_text_embedder
+            from tasks.judge import offline_judge
+            from tasks.judge.cross_encoder import prior_encoder
+
+            given = pairs["cosine"].to_pylist() if "cosine" in pairs.column_names else [None] * pairs.num_rows
+            cos = np.array([np.nan if c is None else c for c in given], np.float64)
+            todo = np.flatnonzero(np.isnan(cos))
+            if len(todo):
+                enc = local_text_embedder(prior_encoder(self.backend.path).model_dump_json(), self.device)
+                cos[todo] = offline_judge.cosines(enc, [queries[i] for i in todo],
+                                                  [pairs["doc_text"][int(i)].as_py() for i in todo])
+        p = self.backend.p_grade(queries, docs, cos)
         return judgment_rows(pairs, self.name, list(p), ["ok"] * pairs.num_rows,
                              [json.dumps({"p": [round(float(x), 6) for x in row]}) for row in p])
 

@@ -120,9 +120,21 @@ class Judge(Stage):
                     raise LookupError(f"judging the build's queries needs `{needed}` (run the stages before judge), "
                                       "or judge files with --pairs/--queries/--docs")
             units = units_from_catalog(inputs, self.cfg.top_k, fp, with_sources=self.cfg.answerability)
-        if self.cfg.backend == "offline":
-            units.table = with_cosines(inputs, units.table, self.cfg.offline.encoder)
+        encoder = self.cosine_encoder()
+        if encoder is not None:
+            units.table = with_cosines(inputs, units.table, encoder)
         return units
+
+    def cosine_encoder(self):
+        """The encoder whose cosines the judge reads: the offline judge's, or the cosine prior of a
+        trained cross-encoder; None when the judge reads no cosine."""
+        if self.cfg.backend == "offline":
+            return self.cfg.offline.encoder
+        if self.cfg.backend == "cross_encoder":
+            from tasks.judge.cross_encoder import prior_encoder
+
+            return prior_encoder(self.model()[0])
+        return None
 
     def work(self) -> Work:
         cfg = self.cfg
@@ -135,6 +147,7 @@ class Judge(Stage):
         elif cfg.backend == "cross_encoder":
             res = Resources.of(cfg, batch_size=max(cfg.batch_size, 64))
             args["model_path"] = self.model()[0]
+            columns.append("cosine")
         return Work(JudgeWork, args, columns, OUTPUTS, res)
 
     def payload(self, unit: dict) -> dict:

@@ -60,11 +60,45 @@ def _freeze(model, layers: int) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def _residual_loss(model):
+    """Cross-entropy over the grades of (the cross-encoder's four outputs + the prior's log-probabilities).
+
+    The labels column carries [grade, log p_prior(0..3)]; with the head started at zero the model
+    starts as the prior (the calibrated cosine judge) and learns what the prior gets wrong.
+    """
+    import torch
+    from sentence_transformers.util import batch_to_device
+    from torch import nn
+
+    class ResidualCrossEntropyLoss(nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+            self.ce = nn.CrossEntropyLoss()
+
+        def forward(self, inputs, labels, prompt=None, task=None):
+            tokens = batch_to_device(self.model.preprocess(list(zip(inputs[0], inputs[1])), prompt=prompt, task=task),
+                                     self.model.device)
+            logits = self.model(tokens)["scores"]
+            if isinstance(labels, (list, tuple)):  # the collator hands list labels over column-wise
+                labels = torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in labels])
+            labels = labels.to(logits.device).float()
+            if labels.shape[0] != logits.shape[0]:
+                labels = labels.T
+            return self.ce(logits + labels[:, 1:], labels[:, 0].long())
+
+    return ResidualCrossEntropyLoss(model)
+
+
 def train_cross_encoder(pairs: pa.Table, out_dir: str | Path, params: JudgeTraining, device: str = "cpu",
-                        info: dict | None = None) -> dict:
+                        info: dict | None = None, prior_logp: np.ndarray | None = None,
+                        prior: dict | None = None) -> dict:
     """Train on `pairs` (query_text, doc_text, grade 0-3) and save the CrossEncoder in `out_dir`.
 
-    Writes MANIFEST beside the weights (base model, parameters, label counts, `info`) and returns it.
+    With `prior_logp` (n x 4 log-probabilities of a prior judge for the same pairs, described by
+    `prior`) the model learns a correction of the prior rather than the grades from nothing.
+    Writes MANIFEST beside the weights (base model, parameters, label counts, prior, `info`) and
+    returns it.
     """
     import torch
     from datasets import Dataset
@@ -81,8 +115,17 @@ def train_cross_encoder(pairs: pa.Table, out_dir: str | Path, params: JudgeTrain
     model = CrossEncoder(base_model_path(params.base_model), num_labels=GRADES, max_length=params.max_length,
                          device=device)
     trainable = _freeze(model, params.freeze_layers)
+    labels: list = grades.tolist()
+    loss = CrossEntropyLoss(model)
+    if prior_logp is not None:
+        head = model.model.classifier
+        with torch.no_grad():  # start exactly at the prior
+            head.weight.zero_()
+            head.bias.zero_()
+        labels = [[float(g), *map(float, lp)] for g, lp in zip(grades, np.asarray(prior_logp, np.float64))]
+        loss = _residual_loss(model)
     data = Dataset.from_dict({"query": pairs["query_text"].to_pylist(), "document": pairs["doc_text"].to_pylist(),
-                              "label": grades.tolist()})
+                              "label": labels})
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="corpusforge-train-") as tmp:
         args = CrossEncoderTrainingArguments(
@@ -90,7 +133,7 @@ def train_cross_encoder(pairs: pa.Table, out_dir: str | Path, params: JudgeTrain
             learning_rate=params.learning_rate, warmup_steps=params.warmup_ratio, seed=params.seed,
             data_seed=params.seed, save_strategy="no", report_to=[], logging_steps=max(1, len(data) // 160),
             use_cpu=device == "cpu", disable_tqdm=True)
-        trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=data, loss=CrossEntropyLoss(model))
+        trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=data, loss=loss)
         result = trainer.train()
     seconds = time.perf_counter() - started
     out = Path(out_dir)
@@ -100,7 +143,8 @@ def train_cross_encoder(pairs: pa.Table, out_dir: str | Path, params: JudgeTrain
                 "pairs": int(len(grades)), "grade_counts": np.bincount(grades, minlength=GRADES).tolist(),
                 "queries": len(set(pairs["query_id"].to_pylist())) if "query_id" in pairs.column_names else None,
                 "train_loss": float(result.training_loss), "steps": int(result.global_step),
-                "trainable_parameters": int(trainable), "seconds": round(seconds, 1)} | (info or {})
+                "trainable_parameters": int(trainable), "seconds": round(seconds, 1),
+                "prior": prior if prior_logp is not None else None} | (info or {})
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     log.info("trained a cross-encoder judge on %d pairs in %.0fs (%d steps, loss %.4f)", len(grades), seconds,
              result.global_step, result.training_loss)

@@ -23,7 +23,7 @@ from tasks.judge.cross_encoder import MODEL_DIR, model_dataset
 from tasks.judge.stage import label_set
 from tasks.judge.train import SPLITS, in_split, train_cross_encoder
 from tasks.runtime.ids import fingerprint
-from tasks.runtime.publish import content_hash
+from tasks.runtime.publish import conform, content_hash
 from tasks.runtime.stage import KEY, UNIT, Assembled, Output, Read, Stage, Units, fingerprint_fields, optional
 
 UNIT_SCHEMA = pa.schema([(UNIT, pa.string()), (KEY, pa.string()), ("query_id", pa.string()), ("doc_id", pa.string()),
@@ -129,7 +129,9 @@ class TrainJudge(Stage):
         produced = units[UNIT].to_pylist()
         previous = inputs.previous_ref(out_name)
         notes = {"model": self.model_name, "labels": source, "split": self.params["split"], "pairs": units.num_rows}
-        if previous is not None and previous.content_hash == content_hash(out_name, table, identity):
+        # publish hashes the table cast to its contract: compare like with like
+        same = content_hash(out_name, conform(out_name, table), identity)
+        if previous is not None and previous.content_hash == same:
             # the same settings on the same labels: publish finds it unchanged and keeps the model
             return Assembled({out_name: Output(table, identity=identity)}, produced, notes=notes | {"trained": False})
         if units.num_rows == 0:
@@ -137,9 +139,12 @@ class TrainJudge(Stage):
                              f"'{self.params['split']}' (see the quarantine for why each was rejected)")
         device = self._device()
         folder = Path(tempfile.mkdtemp(prefix="corpusforge-judge-model-"))
+        prior, logp = None, None
+        if self.cfg.training.prior == "cosine":
+            prior, logp = cosine_prior(inputs, units, self.cfg)
         manifest = train_cross_encoder(units, folder, self.cfg.training, device,
                                        info={"label_set": source, "split": self.params["split"],
-                                             "name": self.model_name})
+                                             "name": self.model_name}, prior_logp=logp, prior=prior)
         files = {f"{MODEL_DIR}/{f.relative_to(folder).as_posix()}": str(f) for f in folder.rglob("*") if f.is_file()}
         meta = {"fingerprint": fp, "manifest": manifest, "files": sorted(files)}
         return Assembled({out_name: Output(table, attachments=files, meta=meta, identity=identity)}, produced,
@@ -162,3 +167,21 @@ class TrainJudge(Stage):
                           n.get("labels"), n.get("split"),
                           f"trained in {m.get('seconds')}s, loss {m.get('train_loss'):.4f}" if n.get("trained")
                           else "unchanged (same labels and settings)")
+
+
+def cosine_prior(inputs, units: pa.Table, cfg) -> tuple[dict, "np.ndarray"]:
+    """The offline cosine judge's log p_grade on the training pairs (cosines from the embed cache),
+    and its description, which the trained judge keeps to apply the same prior when it grades."""
+    import numpy as np
+
+    from tasks.backends.embedders import text_space
+    from tasks.judge.offline_judge import grade_probabilities
+    from tasks.judge.pools import with_cosines
+
+    o = cfg.offline
+    table = units.append_column("cosine", pa.nulls(units.num_rows, pa.float32())) if "cosine" not in \
+        units.column_names else units
+    cos = with_cosines(inputs, table, o.encoder)["cosine"].to_numpy(zero_copy_only=False)
+    prior = {"kind": "offline-cosine", "encoder": o.encoder.model_dump(mode="json"), "space": text_space(o.encoder),
+             "thresholds": list(o.thresholds), "temperature": o.temperature}
+    return prior, np.log(np.clip(grade_probabilities(cos, o.thresholds, o.temperature), 1e-6, 1.0))

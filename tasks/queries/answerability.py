@@ -8,8 +8,7 @@ import pyarrow as pa
 
 from schemas.tables import QUERY_ANSWERABILITY
 from tasks.judge.pools import grades_of
-from tasks.judge.scoring import judge_name
-from tasks.judge.stage import label_set
+from tasks.judge.stage import Judge, label_set
 from tasks.runtime.stage import KEY, UNIT, Assembled, Read, Stage, Units
 
 
@@ -28,7 +27,7 @@ class Answerability(Stage):
         return Units(pa.table({UNIT: q["query_id"], KEY: q["query_id"], "doc_id": q["doc_id"]}))
 
     def assemble(self, inputs, units: pa.Table, results) -> Assembled:
-        judge = judge_name(self.cfg)
+        judge = Judge(self.config).judge()  # the configured judge, a trained cross-encoder included
         labels = inputs.get(label_set(judge))
         grades = grades_of(labels) if labels is not None else {}
         rows = []
