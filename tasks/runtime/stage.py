@@ -14,7 +14,7 @@ one write path and records the stage run. A unit that raises inside the work is 
 with the exception, and the stage goes on.
 
 The fingerprint is derived one way for every stage: the config section minus the fields
-marked `resource` or `switch` in schemas/config.py, plus the prompt files the stage reads.
+marked `resource` or `switch` in schemas/config/, plus the prompt files the stage reads.
 """
 from __future__ import annotations
 
