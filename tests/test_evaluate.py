@@ -14,6 +14,7 @@ import yaml
 
 from schemas.tables import EVALUATIONS, MODELS
 from tasks.runtime.catalog import Catalog
+from tasks.runtime.publish import read
 from tests.test_build_flow import make_config
 from tests.test_queries_flow import artifacts
 
@@ -43,7 +44,7 @@ def loop(prefect_harness, ray_local, tiny_sentence_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("evaluate")
     tiny = {"model": tiny_sentence_model}
     config = make_config(tmp, embed={"text": tiny, "local_below": 10**6}, tree={"enabled": False},
-                         judge={"enabled": True, "offline": {"encoder": tiny}, "local_below": 10**6},
+                         judge={"enabled": True, "local_below": 10**6},  # MiniLM: a random encoder grades all alike
                          negatives={"num_negatives": 2, "judge_filter": {"enabled": True}},
                          export={"out": str(tmp / "exports"), "dev_fraction": 0.0},
                          evaluate={"train": {"model": tiny_sentence_model, "batch_size": 4, "max_steps": 3,
@@ -58,7 +59,7 @@ def loop(prefect_harness, ray_local, tiny_sentence_model, tmp_path_factory):
 def test_base_and_every_variant_are_evaluated_into_the_catalog(loop):
     tmp, config, result = loop
     cat = Catalog(result["catalog"])
-    ev = pq.read_table(cat.current("evaluations").path + "/data.parquet")
+    ev = read(cat, cat.data_root(), "evaluations")
     assert ev.schema.equals(EVALUATIONS)
     rows = {r["variant"]: r for r in ev.to_pylist()}
     assert set(rows) == {"base", "export", "in_batch", "mined", "judge_filtered", "margin"}
@@ -72,7 +73,7 @@ def test_base_and_every_variant_are_evaluated_into_the_catalog(loop):
         per_query = json.loads(r["per_query"])
         assert set(per_query) == set(json.loads(base["per_query"])) and len(per_query) == 12
         assert np.mean([v["ndcg_10"] for v in per_query.values()]) == pytest.approx(r["ndcg_10"])
-    models = pq.read_table(cat.current("models").path + "/data.parquet")
+    models = read(cat, cat.data_root(), "models")
     assert models.schema.equals(MODELS) and models.num_rows == 5
     by_variant = {m["variant"]: m for m in models.to_pylist()}
     assert by_variant["in_batch"]["hard_negatives"] == 0
@@ -80,7 +81,7 @@ def test_base_and_every_variant_are_evaluated_into_the_catalog(loop):
     assert by_variant["in_batch"]["export_path"] == by_variant["mined"]["export_path"]  # the same pairs
     # the variants mined into their own datasets, each with the policies that made it
     for v, token in (("mined", None), ("judge_filtered", "judge_filter="), ("margin", "rel_margin=0.05")):
-        neg = pq.read_table(cat.current(f"negatives/ablation-{v}").path + "/data.parquet")
+        neg = read(cat, cat.data_root(), f"negatives/ablation-{v}")
         assert neg.num_rows > 0
         policies = set(neg["policy"].to_pylist())
         assert all(token in p for p in policies) if token else not any("judge_filter" in p for p in policies)

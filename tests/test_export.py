@@ -80,14 +80,11 @@ def test_sentence_transformers_export_trains_with_the_trainer_and_evaluates_on_d
     for row in ds:
         assert row["anchor"] in qtext.values() and row["positive"] == texts[pos_of[row["anchor"]]]
         assert row["positive"] not in {row["negative_1"], row["negative_2"], row["negative_3"]}
-    dev_q = pq.read_table(res.path / "dev" / "queries.parquet").to_pylist()
-    assert not {q["text"] for q in dev_q} & set(ds["anchor"])  # held out, not trained on
-    corpus = {r["doc_id"]: r["text"] for r in pq.read_table(res.path / "dev" / "corpus.parquet").to_pylist()}
-    relevant: dict[str, set[str]] = {}
-    for r in pq.read_table(res.path / "dev" / "relevant_docs.parquet").to_pylist():
-        relevant.setdefault(r["query_id"], set()).add(r["doc_id"])
-    evaluator = InformationRetrievalEvaluator({q["query_id"]: q["text"] for q in dev_q}, corpus, relevant,
-                                              name="dev", show_progress_bar=False)
+    from tasks.export.formats import read_dev_split
+
+    dev_q, corpus, relevant = read_dev_split(res.path)  # the BEIR layout: queries, corpus, qrels
+    assert not set(dev_q.values()) & set(ds["anchor"])  # held out, not trained on
+    evaluator = InformationRetrievalEvaluator(dev_q, corpus, relevant, name="dev", show_progress_bar=False)
 
     # a few training steps with the real Trainer, on a copy of the model (the installed one stays as it is)
     from tasks.backends.embedders import resolve_model
@@ -119,10 +116,9 @@ def test_sentence_transformers_export_trains_with_the_trainer_and_evaluates_on_d
     # [positive, negative_1, negative_2]; negatives in rank order (without a margin they may beat the positive)
     assert all(len(s) == 3 and s[1] >= s[2] for s in t["scores"].to_pylist())
     neg = ctx.read("negatives")
-    dev = set(pq.read_table(scored.path / "dev" / "queries.parquet")["_id"].to_pylist())
+    assert not (scored.path / "dev").exists()  # dev_fraction 0: every query is trained on
     pos_score = dict(zip(neg["query_id"].to_pylist(), neg["pos_score"].to_pylist()))
-    assert sorted(s[0] for s in t["scores"].to_pylist()) == pytest.approx(sorted(
-        v for q, v in pos_score.items() if q not in dev))
+    assert sorted(s[0] for s in t["scores"].to_pylist()) == pytest.approx(sorted(pos_score.values()))
     assert scored.path.name == "sample-sentence-transformers-v2"
 
 

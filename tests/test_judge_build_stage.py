@@ -78,9 +78,11 @@ def test_judge_stage_judges_topk_and_answerability_is_its_own_dataset(cfg):
     assert grade[("q_smoke", "d_bus")] < 2
     lineage = run.catalog.lineage(name).to_pylist()
     assert {"documents", "queries", "indexes/text"} <= {r["parent_name"] for r in lineage}
-    # the three queries were embedded once (through the embed cache), the pairs judged once
+    # the three queries were embedded once (the pool search), their cosines read them back from the embed
+    # cache; each judged document text the cache did not hold was embedded once; the pairs judged once
+    docs = len({r["doc_id"] for r in j})
     assert (stage["rows_in"], stage["rows_out"], stage["model_calls"], stage["cache_hits"]) == (
-        len(j), len(j), len(j) + 3, 0)
+        len(j), len(j), len(j) + 3 + docs, 3)
 
     refs_a, _ = run_one(cfg, Answerability(cfg))
     verdict = {r["query_id"]: r for r in run.read("query_answerability").to_pylist()}
@@ -93,7 +95,8 @@ def test_judge_stage_judges_topk_and_answerability_is_its_own_dataset(cfg):
 
     again_refs, again = run_one(cfg, Judge(cfg))
     assert again_refs[name].version == refs[name].version  # nothing new to publish
-    assert (again["model_calls"], again["cache_hits"]) == (0, len(j) + 3)
+    # every lookup of the first run is a cache hit now: the pairs, the documents, the queries twice
+    assert (again["model_calls"], again["cache_hits"]) == (0, len(j) + docs + 2 * 3)
     agree = run.catalog.query("SELECT count(*) AS n FROM judgment_label_distribution").to_pylist()
     assert agree[0]["n"] >= 1  # the SQL views see the published label set
 

@@ -33,7 +33,7 @@ def current_export(out: str | Path, name: str, negatives: DatasetVersion | None,
             found.append((int(m.group(1)), p))
     for _, p in sorted(found, reverse=True):
         card = read_card(p)
-        if card.get("configs", {}).get("export") != export_cfg:
+        if card.get("run_configs", {}).get("export") != export_cfg:
             continue
         if any(s.get("name") == negatives.name and s.get("version") == negatives.version
                and negatives.content_hash.startswith(s.get("content_hash", "-")) for s in card.get("sources", [])):

@@ -22,7 +22,7 @@ def retrieve(inputs, encoder: TextEncoder, doc_ids: list[str], doc_texts: list[s
              depth: int) -> pa.Table:
     """The top `depth` documents per query as a run (query_id, doc_id, rank, score)."""
     from tasks.embed import text_vectors
-    from tasks.index.vector import refresh_vector_index
+    from tasks.index.refresh import refresh_vector_index
     from tasks.runtime.ids import text_sha256
 
     docs = text_vectors(inputs, doc_texts, encoder)

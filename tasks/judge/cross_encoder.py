@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import posixpath
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -83,22 +82,15 @@ def resolve_model(config) -> tuple[str, object | None]:
                             f"folder; {hint}")
 
 
-_DOWNLOADS: dict[str, str] = {}
-
-
 def model_folder(ref, root, meta: dict) -> str:
-    """The model folder of a judge_models version: in place on a local data root, else downloaded."""
-    if root.is_local:
-        return posixpath.join(ref.path, MODEL_DIR)
-    key = f"{ref.name}@{ref.version}"
-    if key not in _DOWNLOADS:
-        local = Path(tempfile.mkdtemp(prefix="corpusforge-judge-"))
-        for name in meta.get("files", []):
-            target = local / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            root.download(posixpath.join(ref.path, name), str(target))
-        _DOWNLOADS[key] = str(local / MODEL_DIR)
-    return _DOWNLOADS[key]
+    """The model folder of a judge_models version: its attached files, in place on a local data root,
+    downloaded once per process from a remote one."""
+    from tasks.runtime.storage import local_dir_copy
+
+    base = meta.get("_attachments")
+    if not base:
+        raise FileNotFoundError(f"{ref.ref} has no model files attached; train it again (`corpusforge train-judge`)")
+    return posixpath.join(local_dir_copy(root, root.path(base)), MODEL_DIR)
 
 
 def read_manifest(path: str | Path) -> dict:
