@@ -23,7 +23,7 @@ from tasks.judge.cross_encoder import MODEL_DIR, model_dataset
 from tasks.judge.stage import label_set
 from tasks.judge.train import SPLITS, in_split, train_cross_encoder
 from tasks.runtime.ids import fingerprint
-from tasks.runtime.publish import conform, content_hash
+from tasks.runtime.publish import conform
 from tasks.runtime.stage import KEY, UNIT, Assembled, Output, Read, Stage, Units, fingerprint_fields, optional
 
 UNIT_SCHEMA = pa.schema([(UNIT, pa.string()), (KEY, pa.string()), ("query_id", pa.string()), ("doc_id", pa.string()),
