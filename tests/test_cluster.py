@@ -56,7 +56,11 @@ def _cluster_processes(temp_dir: str) -> list[str]:
 def two_nodes(tmp_path_factory):
     temp_dir = str(tmp_path_factory.mktemp("ray-cluster"))
     port = _free_port()
-    env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0"}
+    import secrets
+
+    # an authenticated cluster: nodes and drivers share a token (Ray refuses a node that has none)
+    env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+                        "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     common = ["--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
     try:
         _ray("start", "--head", "--port", str(port), "--num-cpus", "0", "--num-gpus", "0", "--temp-dir", temp_dir,
@@ -80,10 +84,22 @@ def _build(config, env: dict) -> dict:
 
 
 def _content(catalog: str) -> dict:
-    from tasks.runtime.catalog import Catalog
+    """Every current dataset's rows, sorted, vectors rounded: what a build published, whatever the
+    shard layout (a version's hash follows its shards, and the workers' shards differ between runs)."""
+    import numpy as np
 
-    rows = Catalog(catalog).query("SELECT name, row_count, content_hash FROM datasets WHERE is_current").to_pylist()
-    return {r["name"]: (r["row_count"], r["content_hash"]) for r in rows}
+    from tasks.runtime.catalog import Catalog
+    from tasks.runtime.publish import read
+
+    cat = Catalog(catalog)
+    out = {}
+    for name in sorted(cat.current_all()):
+        rows = read(cat, cat.data_root(), name).to_pylist()
+        for r in rows:
+            if r.get("vector") is not None:
+                r["vector"] = tuple(np.round(np.asarray(r["vector"], np.float64), 4).tolist())
+        out[name] = sorted(repr(sorted(r.items())) for r in rows)
+    return out
 
 
 def test_a_build_on_a_two_node_cluster_equals_a_local_build(prefect_harness, two_nodes, tmp_path):

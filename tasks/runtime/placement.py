@@ -89,17 +89,22 @@ def _on_ray(stage, inputs, units, results, staging, task: "TaskConfig") -> Assem
         fn = ray.remote(**options)(_assemble_task)
         log.info("%s: building in a Ray task (%g CPUs%s)", stage.name, task.cpus,
                  f", {task.memory_mb} MB" if task.memory_mb else "")
-        ref = fn.remote(stage, inputs.detached(), units, results, staging.root.uri, staging.relative())
+        # the run state units() left on the stage (`_*`, which pickling a stage leaves out) goes along:
+        # the task continues this stage run, it does not start another
+        run_state = {k: v for k, v in vars(stage).items() if k.startswith("_")}
+        ref = fn.remote(stage, run_state, inputs.detached(), units, results, staging.root.uri, staging.relative())
         assembled, peak_mb, node = ray.get(ref)
     assembled.memory = {"where": "ray task", "node": node, "peak_mb": round(peak_mb, 1)}
     return assembled
 
 
-def _assemble_task(stage, inputs, units, results, root_uri: str, staging_dir: str):
+def _assemble_task(stage, run_state: dict, inputs, units, results, root_uri: str, staging_dir: str):
     """Runs in a fresh Ray worker: assemble, then stage every output where the flow can publish it."""
     import ray
 
     from tasks.runtime.storage import DataRoot
+
+    vars(stage).update(run_state)
 
     root = DataRoot(root_uri)
     inputs.root = root

@@ -231,7 +231,10 @@ def _stage_added(con, name: str, schema: pa.Schema, uri: str, root: DataRoot, ch
                  extra: list[dict] | None, fresh: bool = False) -> list[ValidationReport]:
     """Validate the rows to append shard by shard and stage each shard as a fragment."""
     reports, pending, n = [], [], 0
-    reader = con.sql("SELECT * FROM added").to_arrow_reader(65_536)
+    # in key order: the shards, and what streams from them (an index's positions), do not depend on
+    # the order in which workers happened to finish
+    order = ", ".join(quote_ident(c) for c in keys_for(name))
+    reader = con.sql(f"SELECT * FROM added ORDER BY {order}").to_arrow_reader(65_536)
 
     def flush():
         nonlocal pending, n
