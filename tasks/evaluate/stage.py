@@ -30,16 +30,6 @@ def models_dir(config) -> str:
     return config.resolve(ev.models_dir) if ev.models_dir else config.resolve(str(Path(config.workdir) / "models"))
 
 
-def upsert(previous: pa.Table | None, new: pa.Table, keys: list[str]) -> pa.Table:
-    """The previous rows whose key the new rows do not have, then the new rows."""
-    if previous is None or previous.num_rows == 0:
-        return new
-    previous = previous.select(new.schema.names).cast(new.schema)
-    fresh = {tuple(r) for r in zip(*(new[k].to_pylist() for k in keys))}
-    keep = [tuple(r) not in fresh for r in zip(*(previous[k].to_pylist() for k in keys))]
-    return pa.concat_tables([previous.filter(pa.array(keep, pa.bool_())), new])
-
-
 class Train(Stage):
     """params: runs = [{variant, export_path, negatives, hard_negatives}]"""
 
@@ -94,10 +84,9 @@ class Train(Stage):
                          "batch_size": self.cfg.batch_size, "train_s": r["train_s"], "loss": r["loss"],
                          "run_id": inputs.run.run_id if inputs.run else None})
         new = pa.Table.from_pylist(rows, schema=MODELS)
-        table = upsert(inputs.previous("models"), new, ["model_id"])
         notes = {"models": {r["variant"]: r for r in rows}}
         meta = {"models": {r["model_id"]: {"path": r["path"], "export": r["export_path"]} for r in rows}}
-        return Assembled({"models": Output(table, meta=meta)}, units[UNIT].to_pylist(), notes=notes,
+        return Assembled({"models": Output(new, meta=meta, mode="upsert", upsert_keys=["model_id"])}, units[UNIT].to_pylist(), notes=notes,
                          model_calls=len(rows))
 
 
@@ -161,11 +150,10 @@ class Evaluate(Stage):
                          "export_path": model["export_path"] if model else None,
                          "per_query": json.dumps(s.per_query, sort_keys=True), "run_id": run_id})
         new = pa.Table.from_pylist(rows, schema=EVALUATIONS)
-        table = upsert(inputs.previous("evaluations"), new, ["eval_set", "variant"])
         meta = {"eval_set": eval_set, "eval_set_counts": es.counts, "corpus_documents": len(doc_ids),
                 "models": {r["variant"]: {"model": r["model"], "export": r["export_path"]} for r in rows}}
         notes = {"eval_set": eval_set, "counts": es.counts,
                  "results": [{k: r[k] for k in ("variant", "role", "model", "queries", "ndcg_10", "recall_100",
                                                  "mrr_10", "ndcg_10_gain", "ndcg_10_p", "train_pairs", "export_path")}
                              for r in rows]}
-        return Assembled({"evaluations": Output(table, meta=meta)}, units[UNIT].to_pylist(), notes=notes)
+        return Assembled({"evaluations": Output(new, meta=meta, mode="upsert", upsert_keys=["eval_set", "variant"])}, units[UNIT].to_pylist(), notes=notes)
