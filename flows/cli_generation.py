@@ -4,19 +4,9 @@
     corpusforge captions [--source alt_text|model] [--limit N]
 """
 
-from enum import Enum
 from typing import Annotated, Optional
 
-
-class Target(str, Enum):
-    text = "text"
-    image = "image"
-    text_image = "text+image"
-
-
-class CaptionSource(str, Enum):
-    alt_text = "alt_text"
-    model = "model"
+from flows.cli_choices import Target, CaptionSource
 
 
 def _current(args, name: str):

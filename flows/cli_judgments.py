@@ -12,22 +12,10 @@
 
 import json
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
-
-class Backend(str, Enum):
-    offline = "offline"
-    hf = "hf"
-    openai = "openai"
-    cross_encoder = "cross_encoder"
-
-
-class Pool(str, Enum):
-    queries = "queries"
-    imported = "imported"
-    mining = "mining"
+from flows.cli_choices import Backend, Pool
 
 
 def _config(args):
@@ -136,10 +124,15 @@ def cmd_import_qrels(args) -> int:
     from flows.imports import import_qrels
 
     report = import_qrels(_config(args), args.paths, [args.judge] if args.judge else None)
+    return _print_import(report, "judgments", f", {report.duplicates} duplicates")
+
+
+def _print_import(report, what: str, extra: str = "") -> int:
+    """One summary for every import: rows per judge or tag, then what was quarantined and published."""
     for name, n in report.judges.items():
-        print(f"{name}: {n} judgments")
+        print(f"{name}: {n} {what}")
     sets = ", ".join(f"{ref} {'published' if new else 'unchanged'}" for ref, new in report.datasets.values())
-    print(f"quarantined {report.quarantined} lines, {report.duplicates} duplicates; {sets}")
+    print(f"quarantined {report.quarantined} lines{extra}; {sets}")
     return 0
 
 
@@ -166,12 +159,7 @@ def _source_names(cat, root) -> dict[str, str]:
 def cmd_import_run(args) -> int:
     from flows.imports import import_runs
 
-    report = import_runs(_config(args), args.paths)
-    for tag, n in report.judges.items():
-        print(f"{tag}: {n} ranked documents")
-    sets = ", ".join(f"{ref} {'published' if new else 'unchanged'}" for ref, new in report.datasets.values())
-    print(f"quarantined {report.quarantined} lines; {sets}")
-    return 0
+    return _print_import(import_runs(_config(args), args.paths), "ranked documents")
 
 
 def cmd_export_run(args) -> int:

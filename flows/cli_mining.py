@@ -1,22 +1,9 @@
 """CLI commands for indexes, hard negatives and exports: `search-index`, `mine`, `export`."""
 
 import json
-from enum import Enum
 from typing import Annotated, Optional
 
-
-class Retriever(str, Enum):
-    dense = "dense"
-    bm25 = "bm25"
-    both = "both"
-
-
-class ExportKind(str, Enum):
-    flagembedding = "flagembedding"
-    sentence_transformers = "sentence-transformers"
-    mbeir = "mbeir"
-    trec = "trec"
-    parquet = "parquet"
+from flows.cli_choices import Retriever, ExportKind
 
 
 def cmd_search_index(args) -> int:

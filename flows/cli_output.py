@@ -8,13 +8,8 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from enum import Enum
 
-
-class OutputFormat(str, Enum):
-    table = "table"
-    csv = "csv"
-    json = "json"
+from flows.cli_choices import OutputFormat
 
 
 def _rows_cols(table) -> tuple[list[dict], list[str]]:

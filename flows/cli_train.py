@@ -25,17 +25,12 @@ def cmd_train_judge(args) -> int:
 
 
 def register(app) -> None:
-    from enum import Enum
     from typing import Annotated, Optional
 
     import typer
 
     from flows.cli import CatalogOpt, ConfigOpt, ns
-
-    class Split(str, Enum):
-        all = "all"
-        odd = "odd"
-        even = "even"
+    from flows.cli_choices import Split
 
     def opt(name: str, help: str, kind=str):
         return Annotated[Optional[kind], typer.Option(name, help=help)]

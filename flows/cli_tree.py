@@ -10,14 +10,10 @@ the LLM backend for `--scorer llm`).
 """
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
-
-class Scorer(str, Enum):
-    embedding = "embedding"
-    llm = "llm"
+from flows.cli_choices import Scorer
 
 
 def _config(args):
