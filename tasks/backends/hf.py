@@ -63,23 +63,32 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE") == "1"
 
 
-class HFCausalLM:
-    """Chat-templated text generation and one-pass label scoring with a causal LM."""
+class _Generator:
+    """What the HF generators share: device, batching, sampling and the loading options."""
 
-    def __init__(self, model: str, revision: str | None = None, *, dtype: str = "auto", device: str = "auto",
-                 batch_size: int = 8, max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
-                 system_prompt: str | None = None, trust_remote_code: bool = False):
+    def _setup(self, device: str, batch_size: int, max_new_tokens: int, temperature: float,
+               revision: str | None, trust_remote_code: bool) -> dict:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.torch = torch
         self.device = pick_device(device)
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
+        return dict(revision=revision, trust_remote_code=trust_remote_code, local_files_only=_offline())
+
+
+class HFCausalLM(_Generator):
+    """Chat-templated text generation and one-pass label scoring with a causal LM."""
+
+    def __init__(self, model: str, revision: str | None = None, *, dtype: str = "auto", device: str = "auto",
+                 batch_size: int = 8, max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
+                 system_prompt: str | None = None, trust_remote_code: bool = False):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        kw = self._setup(device, batch_size, max_new_tokens, temperature, revision, trust_remote_code)
         self.top_p = top_p
         self.system_prompt = system_prompt
-        kw = dict(revision=revision, trust_remote_code=trust_remote_code, local_files_only=_offline())
         self.tokenizer = AutoTokenizer.from_pretrained(model, **kw)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
@@ -169,7 +178,7 @@ class HFCausalLM:
         return out
 
 
-class HFCaptioner:
+class HFCaptioner(_Generator):
     """Image captions with an image-to-text / image-text-to-text model.
 
     Covers chat VLMs (their chat template gets an image placeholder and the prompt), BLIP and
@@ -181,16 +190,10 @@ class HFCaptioner:
     def __init__(self, model: str, revision: str | None = None, *, dtype: str = "auto", device: str = "auto",
                  batch_size: int = 8, max_new_tokens: int = 40, temperature: float = 0.0,
                  trust_remote_code: bool = False, text_prefix: bool = False):
-        import torch
         from transformers import AutoModelForImageTextToText
 
-        self.torch = torch
-        self.device = pick_device(device)
-        self.batch_size = batch_size
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
+        kw = self._setup(device, batch_size, max_new_tokens, temperature, revision, trust_remote_code)
         self.text_prefix = text_prefix
-        kw = dict(revision=revision, trust_remote_code=trust_remote_code, local_files_only=_offline())
         self.image_processor, self.tokenizer, self.processor = self._load_processor(model, kw)
         if getattr(self.tokenizer, "padding_side", None) is not None:
             self.tokenizer.padding_side = "left"

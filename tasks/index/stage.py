@@ -13,7 +13,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.config import IndexConfig
 from tasks.index.lexical import BM25_NAME, LexicalIndex, lexical_texts, texts_hash
 from tasks.index.refresh import refresh_vector_index
 from tasks.index.store import dataset_name, input_index
@@ -28,17 +27,11 @@ SPACES = ("embeddings/text", "embeddings/image")
 class Index(Stage):
     name = "index"
     section = "index"
+    runs_as_task = True
     reads = (optional("embeddings/text"), optional("embeddings/image"), Read("documents"), optional("captions"))
     writes = ("indexes/text", "indexes/image", "indexes/bm25")
     incremental = True
     description = "FAISS index per embedding space (type by size and memory budget, refreshed by segments) and BM25"
-
-    @property
-    def cfg(self) -> IndexConfig:
-        return self.config.index
-
-    def task(self):
-        return self.cfg.task
 
     def task_size(self, inputs, units: pa.Table) -> int:
         sizes = [ref.row_count for ref in (inputs.ref(s) for s in SPACES + ("documents",)) if ref is not None]

@@ -17,7 +17,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from schemas.config import NegativesConfig
 from tasks.index.store import input_index, input_lexical
 from tasks.negatives.inputs import load_inputs, resolve_doc_ids
 from tasks.negatives.mine import (expected_modalities, judge_lookup, mine, positives_by_query,
@@ -33,17 +32,11 @@ STATE_FILE = "state.parquet"
 class Negatives(Stage):
     name = "negatives"
     section = "negatives"
+    runs_as_task = True
     reads = (Read("documents"), optional("source_ids"), optional("queries"), optional("query_answerability"),
              Read("indexes/{index}"), optional("indexes/bm25"), optional("judgments/*"))
     incremental = True
     description = "hard negatives with composable policies (margins, judge filter, modality, sampling)"
-
-    @property
-    def cfg(self) -> NegativesConfig:
-        return self.config.negatives
-
-    def task(self):
-        return self.cfg.task
 
     def task_size(self, inputs, units: pa.Table) -> int:
         ref = inputs.ref(f"indexes/{self.cfg.index}")

@@ -153,6 +153,7 @@ class Stage:
 
     name: ClassVar[str]
     section: ClassVar[str | None] = None  # the config section it reads
+    runs_as_task: ClassVar[bool] = False  # assemble may run as a Ray task sized by the section's `task`
     reads: ClassVar[tuple[Read, ...]] = ()
     writes: ClassVar[tuple[str, ...]] = ()  # may use {section field} placeholders, e.g. tree_nodes/{name}
     incremental: ClassVar[bool] = False  # assemble may read the current versions of its own outputs
@@ -206,8 +207,9 @@ class Stage:
 
     def task(self):
         """Task resources (schemas.config.TaskConfig) when assemble may run as a Ray task of its own
-        (it holds a whole corpus: an index, a tree); None keeps it in the flow process."""
-        return None
+        (it holds a whole corpus: an index, a tree); None keeps it in the flow process. A stage that
+        sets `runs_as_task` gets its section's `task` field."""
+        return self.cfg.task if self.runs_as_task else None
 
     def task_size(self, inputs: "Inputs", units: pa.Table) -> int:
         """How large this run's build is, against the task's `local_below` (default: the units)."""

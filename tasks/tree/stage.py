@@ -297,6 +297,7 @@ def outline(nodes: pa.Table, n_docs: int, height: int, limit: int = 12) -> str:
 class TreeStage(Stage):
     name = STAGE
     section = "tree"
+    runs_as_task = True
     reads = (Read("documents"), Read(TEXT_EMBEDDINGS), optional("captions"))
     writes = ("tree_nodes/{name}", "embeddings/tree-{name}")
     incremental = True
@@ -307,7 +308,7 @@ class TreeStage(Stage):
         (the key stays in this process, never in a worker) or from a generator handed in."""
         if self.cfg.summarizer.backend == "openai" or self.params.get("generator") is not None:
             return None
-        return self.cfg.task
+        return super().task()
 
     def task_size(self, inputs, units: pa.Table) -> int:
         return units.num_rows
