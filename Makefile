@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/corpusforge build --config infra/configs/sample.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 bench: $(STAMP)
 	$(BIN)/python -m infra.bench.run_all
