@@ -7,6 +7,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -14,6 +15,7 @@ from schemas.config import ConfigError, config_from_dict, load_config
 from schemas.tables import DOCUMENTS
 from tasks.runtime.catalog import Catalog, CatalogBusy
 from tasks.runtime.publish import content_hash, publish, read
+from tasks.runtime.stage import Output
 from tasks.runtime.storage import DataRoot
 from tasks.runtime.validation import ValidationFailed
 from tests.conftest import REPO
@@ -252,3 +254,35 @@ def test_a_path_already_under_the_root_is_not_nested_again(tmp_path, monkeypatch
     assert full == "bucket/prefix/_staging/run/ingest"
     assert root.path(full, "documents", "part-1.parquet") == "bucket/prefix/_staging/run/ingest/documents/part-1.parquet"
     assert root.path(root.relative(full)) == full
+
+
+def test_wide_rows_make_smaller_shards_and_a_refresh_shares_them(store):
+    """Shards are bounded in bytes as well as rows (what staging and validating one costs the
+    driver does not grow with the row width); an upsert that adds rows writes new shards only."""
+    from schemas.tables import embeddings_schema
+    from tasks.runtime import versions
+
+    cat, root = store
+    dim = 4096
+    schema = embeddings_schema(dim)
+    per_shard = versions.shard_rows(schema)
+    assert per_shard < versions.SHARD_ROWS and versions.shard_rows(DOCUMENTS) > per_shard
+
+    def emb(lo: int, hi: int) -> pa.Table:
+        vec = np.random.default_rng(lo).standard_normal((hi - lo, dim), dtype=np.float32)
+        ids = [f"e{i:06d}" for i in range(lo, hi)]
+        return pa.table({"item_id": ids, "item_kind": ["document"] * len(ids), "doc_id": ids,
+                         "content_sha256": ids, "space": ["m@r"] * len(ids),
+                         "vector": pa.FixedSizeListArray.from_arrays(pa.array(vec.ravel()), dim)}, schema=schema)
+
+    first = publish(cat, root, "embeddings/text", emb(0, per_shard + 10)).dataset
+    ds = versions.open_dataset(root.absolute(first.path), first.table_version)
+    before = {f.fragment_id: f.count_rows() for f in ds.get_fragments()}
+    assert sorted(before.values()) == [10, per_shard]
+
+    second = publish(cat, root, "embeddings/text", Output(emb(per_shard + 10, per_shard + 20), mode="upsert",
+                                                          upsert_keys=["item_id"])).dataset
+    after = versions.open_dataset(root.absolute(second.path), second.table_version)
+    frags = {f.fragment_id: f.count_rows() for f in after.get_fragments()}
+    assert {k: frags[k] for k in before} == before and len(frags) == 3  # the old shards, shared
+    assert second.row_count == per_shard + 20

@@ -231,10 +231,11 @@ def _stage_added(con, name: str, schema: pa.Schema, uri: str, root: DataRoot, ch
                  extra: list[dict] | None, fresh: bool = False) -> list[ValidationReport]:
     """Validate the rows to append shard by shard and stage each shard as a fragment."""
     reports, pending, n = [], [], 0
+    per_shard = versions.shard_rows(schema)
     # in key order: the shards, and what streams from them (an index's positions), do not depend on
     # the order in which workers happened to finish
     order = ", ".join(quote_ident(c) for c in keys_for(name))
-    reader = con.sql(f"SELECT * FROM added ORDER BY {order}").to_arrow_reader(65_536)
+    reader = con.sql(f"SELECT * FROM added ORDER BY {order}").to_arrow_reader(min(65_536, per_shard))
 
     def flush():
         nonlocal pending, n
@@ -250,7 +251,7 @@ def _stage_added(con, name: str, schema: pa.Schema, uri: str, root: DataRoot, ch
     for batch in reader:
         pending.append(batch)
         n += batch.num_rows
-        if n >= versions.SHARD_ROWS:
+        if n >= per_shard:
             flush()
     flush()
     return reports or [validate(name, schema.empty_table(), extra)]
@@ -265,7 +266,7 @@ def _kept(cur_ds, changes: versions.Changes):
     for frag in cur_ds.get_fragments():
         if frag.fragment_id in removed:
             continue
-        for batch in frag.to_batches(batch_size=versions.SHARD_ROWS, with_row_address=True):
+        for batch in frag.to_batches(batch_size=versions.shard_rows(cur_ds.schema), with_row_address=True):
             keep = pc.invert(pc.is_in(batch["_rowaddr"], value_set=gone))
             yield batch.filter(keep).drop_columns(["_rowaddr"])
 

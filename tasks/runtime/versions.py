@@ -1,9 +1,9 @@
 """Dataset versions as Lance datasets: sharded, shared between versions, committed atomically.
 
 Each dataset name is one Lance dataset under the data root (`DATA_ROOT/<name>.lance`); a catalog
-version points at one Lance version. A version is a set of fragments (the shards, each up to
-`SHARD_ROWS` rows): a refresh stages new fragments for the rows that changed, records deleted
-rows in deletion files (the fragments themselves are not rewritten), and commits both in one
+version points at one Lance version. A version is a set of fragments (the shards, each of
+`shard_rows(schema)` rows at most, about `SHARD_BYTES`): a refresh stages new fragments for the
+rows that changed, records deleted rows in deletion files (the fragments themselves are not rewritten), and commits both in one
 Lance transaction. Unchanged fragments are shared by every version that has them. The catalog
 row is written after the Lance commit, so a crash in between leaves the previous version
 current; the next publish first restores the Lance dataset to the catalog's version.
@@ -21,7 +21,27 @@ import pyarrow as pa
 log = logging.getLogger(__name__)
 
 SHARD_ROWS = 100_000  # rows per fragment at most
+SHARD_BYTES = 64 * 2**20  # and about this many bytes: what one shard costs the process that writes it
 ROW_GROUP = 1024
+
+
+def shard_rows(schema: pa.Schema) -> int:
+    """Rows per shard for a contract: SHARD_ROWS, fewer for wide rows (a 384-d vector is 1.5 KB), so
+    that staging, validating and reading a shard take the same memory whatever the dataset."""
+    return max(ROW_GROUP, min(SHARD_ROWS, SHARD_BYTES // max(1, sum(_field_bytes(f.type) for f in schema))))
+
+
+def _field_bytes(t: pa.DataType) -> int:
+    if pa.types.is_fixed_size_list(t):
+        return t.list_size * _field_bytes(t.value_type)
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return 8 * _field_bytes(t.value_type)
+    if pa.types.is_struct(t):
+        return sum(_field_bytes(f.type) for f in t)
+    try:
+        return max(1, t.bit_width // 8)
+    except ValueError:  # strings and binaries: a typical text
+        return 256
 
 
 @dataclass
@@ -71,7 +91,7 @@ def stage_fragments(uri: str, data, schema: pa.Schema, storage_options: dict | N
     if isinstance(data, pa.Table) and data.num_rows == 0:
         return []
     return write_fragments(data, uri, schema=schema, mode="overwrite" if fresh else "append",
-                           max_rows_per_file=SHARD_ROWS, max_rows_per_group=ROW_GROUP,
+                           max_rows_per_file=shard_rows(schema), max_rows_per_group=ROW_GROUP,
                            storage_options=storage_options or None)
 
 
@@ -155,7 +175,7 @@ def batches(ds, columns: list[str] | None = None, filter: str | None = None,
 
 def scratch_db():
     """An in-memory DuckDB for diffs and checks over shards, bounded so that it spills to disk
-    instead of growing with the corpus (CORPUSFORGE_DUCKDB_MEMORY, default 1GB)."""
+    instead of growing with the corpus (CORPUSFORGE_DUCKDB_MEMORY, default 512MB)."""
     import tempfile
 
     import duckdb
@@ -171,7 +191,7 @@ def _memory_limit() -> str:
     import os
     import re
 
-    value = os.environ.get("CORPUSFORGE_DUCKDB_MEMORY", "1GB").strip()
+    value = os.environ.get("CORPUSFORGE_DUCKDB_MEMORY", "512MB").strip()
     if not re.fullmatch(r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", value, re.I):
         raise ValueError(f"CORPUSFORGE_DUCKDB_MEMORY={value!r}: give a size such as 512MB or 2GB")
     return value
