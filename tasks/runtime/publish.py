@@ -28,7 +28,7 @@ from schemas.expectations import suite_for
 from schemas.tables import keys_for, schema_fingerprint, schema_for
 from tasks.runtime import versions
 from tasks.runtime.catalog import Catalog, DatasetVersion, json_dumps, now
-from tasks.runtime.sql import quote_ident
+from tasks.runtime.sql import quote_ident, quote_literal
 from tasks.runtime.stage import Output
 from tasks.runtime.storage import DataRoot
 from tasks.runtime.validation import ValidationFailed, ValidationReport, validate
@@ -160,14 +160,30 @@ def _source(con, name: str, out: Output, root: DataRoot, cur_ds) -> pa.Schema:
         import pyarrow.dataset as pads
 
         parts = pads.dataset(out.parts, filesystem=root.fs, format="parquet")
-        con.register("src_in", parts)
+        if root.is_local:  # DuckDB's own scan: its sort and diff then spill within its memory limit
+            files = ", ".join(quote_literal(p) for p in out.parts)
+            con.execute(f"CREATE TEMP VIEW src_in AS SELECT * FROM read_parquet([{files}], union_by_name = true)")
+        else:  # an object store: pyarrow reads it (DuckDB would need its httpfs extension)
+            con.register("src_in", parts)
         schema = schema_for(name, parts.head(1)) if name.split("/")[0] == "embeddings" else schema_for(name)
     else:  # nothing staged: empty new content (or a delta with deletions only)
         schema = cur_ds.schema if cur_ds is not None else schema_for(name, _empty_vectors())
         con.register("src_in", schema.empty_table())
-    cols = ", ".join(quote_ident(f.name) for f in schema)
+    cols = ", ".join(_column(f) for f in schema)
     con.execute(f"CREATE TEMP VIEW src AS SELECT {cols} FROM src_in")
     return schema
+
+
+_ARRAY_ITEMS = {pa.float32(): "FLOAT", pa.float64(): "DOUBLE", pa.int32(): "INTEGER", pa.int64(): "BIGINT"}
+
+
+def _column(f: pa.Field) -> str:
+    """A column of `src`; fixed-size lists (vectors) as DuckDB arrays, however the parts stored them
+    (Parquet has no fixed-size list), so that they hash like the current version's rows."""
+    q = quote_ident(f.name)
+    if pa.types.is_fixed_size_list(f.type) and f.type.value_type in _ARRAY_ITEMS:
+        return f"CAST({q} AS {_ARRAY_ITEMS[f.type.value_type]}[{f.type.list_size}]) AS {q}"
+    return q
 
 
 def _empty_vectors() -> pa.Table:
