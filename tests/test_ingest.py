@@ -191,3 +191,48 @@ def test_ingest_streams_chunks_and_a_refresh_rechecks_only_the_changed_ones(tmp_
     # no change: nothing re-checked, nothing published
     again, fourth = run_one(cfg, Ingest(cfg))
     assert again["documents"].version == refs["documents"].version and fourth["notes"]["chunks_carried"] == 3
+
+
+def test_a_refresh_does_not_read_an_unchanged_manifest_again(tmp_path):
+    """A text manifest with the size, mtime and inode of the last build is not read: its chunks
+    carry over. Any change of its stat (an edit, a touch) has it read and hashed again."""
+    import os
+
+    from schemas.config import config_from_dict
+    from tasks.ingest.stage import Ingest
+    from tests.stages import run_one
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    rows = [{"id": f"d{i}", "text": f"Note {i}: the tide table for pier {i}."} for i in range(10)]
+    _manifest(root / "old.jsonl", rows[:6])
+    _manifest(root / "new.jsonl", rows[6:8])
+    cfg = config_from_dict({"name": "stat", "workdir": str(tmp_path / "work"), "ingest": {"chunk_records": 4},
+                            "corpus": {"root": str(root), "sources": [{"kind": "manifest", "path": "old.jsonl"},
+                                                                      {"kind": "manifest", "path": "new.jsonl"}]}})
+    refs, first = run_one(cfg, Ingest(cfg))
+    assert refs["documents"].row_count == 8 and first["notes"]["files_unread"] == 0
+
+    _manifest(root / "new.jsonl", rows[6:10])
+    refs, second = run_one(cfg, Ingest(cfg))
+    assert refs["documents"].row_count == 10
+    assert second["notes"]["files_unread"] == 1 and second["notes"]["chunks_carried"] == 2  # old.jsonl's two
+
+    # the same bytes with a new mtime: read again, and its chunks still carry over by their hash
+    st = os.stat(root / "old.jsonl")
+    os.utime(root / "old.jsonl", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    again, third = run_one(cfg, Ingest(cfg))
+    assert third["notes"]["files_unread"] == 1 and third["notes"]["chunks_carried"] == 3  # new.jsonl is unread now
+    assert again["documents"].version == refs["documents"].version
+
+    # an edit of the same size: read again and re-checked
+    text = (root / "old.jsonl").read_text().replace("tide table", "tide chart")
+    (root / "old.jsonl").write_text(text)
+    os.utime(root / "old.jsonl", ns=(st.st_atime_ns, st.st_mtime_ns + 2 * 10**9))
+    edited, fourth = run_one(cfg, Ingest(cfg))
+    assert fourth["notes"]["files_unread"] == 1 and fourth["notes"]["chunks_carried"] == 1
+    from tasks.runtime.catalog import Catalog
+    from tasks.runtime.publish import read
+
+    texts = read(Catalog(cfg.catalog_path), Catalog(cfg.catalog_path).data_root(), "documents")["text"].to_pylist()
+    assert sum("tide chart" in t for t in texts) == 6 and edited["documents"].row_count == 10

@@ -32,3 +32,7 @@ class IngestConfig(Strict):
     max_text_chars: int = Field(200_000, gt=0)
     chunk_records: int = resource(20_000, ge=1, description="raw records read, checked and carried over as "
                                   "one chunk (bounds the flow's memory; an unchanged chunk is not re-checked)")
+    skip_unchanged_files: bool = resource(True, description="a refresh does not read again a manifest whose "
+                                          "size, mtime and inode are those it had at the last build, when none "
+                                          "of its records names an image: its chunks carry over as they are "
+                                          "(false: read and hash every source on every build)")

@@ -15,7 +15,7 @@ from PIL import Image
 from schemas.config import IngestConfig
 from schemas.tables import DOCUMENTS, SOURCE_IDS
 from tasks.ingest.checks import Rejected, _modality, check_image, check_text
-from tasks.ingest.readers import RawRecord, read_sources
+from tasks.ingest.readers import RawRecord, _outside, read_sources
 from tasks.runtime.ids import canonical_json, record_id
 from tasks.runtime.stage import KEY, UNIT, Assembled, Resources, Stage, Units, Work
 
@@ -24,6 +24,9 @@ CHECKED = pa.schema([f for f in DOCUMENTS if f.name in DOC_COLUMNS])
 
 
 STATE_FILE = "ingest_state.parquet"  # chunk -> the documents (and source ids) it gave, kept with the version
+FILES_FILE = "ingest_files.parquet"  # manifest -> its file stat and chunk keys, so an unchanged one is not read
+FILES = pa.schema([("path", pa.string()), ("repeat", pa.int64()), ("stat", pa.string()),
+                   ("chunks", pa.list_(pa.string()))])
 UNITS = pa.schema([(UNIT, pa.string()), (KEY, pa.string()), ("source", pa.string()), ("source_id", pa.string()),
                    ("id_kind", pa.string()), ("record", pa.string())])
 
@@ -32,7 +35,8 @@ class Ingest(Stage):
     """A streaming stage: the sources are read in chunks of `ingest.chunk_records` raw records. A
     chunk whose records (and the size and mtime of the images they name) are those of a chunk of the
     current version is carried over without a check; the others are checked and their documents
-    upserted by doc_id; documents no chunk gives any more become deletions of the next version.
+    upserted by doc_id; documents no chunk gives any more become deletions of the next version. A
+    text manifest whose file stat has not changed is not even read: its chunks carry over.
     Duplicate and clashing ids are found across chunks through a DuckDB table, never a Python dict
     of the corpus."""
 
@@ -62,10 +66,12 @@ class Ingest(Stage):
         db.execute("CREATE TABLE seen (chunk VARCHAR, doc_id VARCHAR, source_id VARCHAR, id_kind VARCHAR, "
                    "produced BOOLEAN)")
         carried: set[str] = set()
+        self._files, self._files_prev = {}, {}
         state = self._previous_state(inputs)
         if state is not None:
             db.execute(f"CREATE TABLE prev AS SELECT * FROM read_parquet({_sql_str(state)})")
             known = {r[0] for r in db.execute("SELECT DISTINCT chunk FROM prev").fetchall()}
+            self._files_prev = self._previous_files(inputs, known)
             carried = known & {key for key, _ in self._chunks(root, keep_rows=False)}
             db.register("carried", pa.table({"chunk": pa.array(sorted(carried), pa.string())}))
             db.execute("INSERT INTO seen SELECT * FROM prev SEMI JOIN carried USING (chunk)")
@@ -90,8 +96,18 @@ class Ingest(Stage):
         size, fp, listed = self.cfg.chunk_records, self.fingerprint(), {}
         for src in self.config.corpus.sources:
             repeat = listed[src.path] = listed.get(src.path, 0) + 1  # a source listed twice: distinct units
+            stat = _file_stat(root, src) if self.cfg.skip_unchanged_files else None
+            prev = getattr(self, "_files_prev", {}).get((src.path, repeat))
+            files = self.__dict__.setdefault("_files", {})
+            if stat is not None and prev is not None and prev[0] == stat:  # unchanged: its chunks, unread
+                files[(src.path, repeat)] = prev
+                for key in prev[1]:
+                    yield key, None
+                continue
+            keys, images = [], False
             rows, h, n, in_chunk = [], None, 0, {}
             for rec in read_sources(root, [src]):
+                images = images or rec.image is not None
                 if h is None:
                     h = hashlib.sha256(f"{fp}\0{src.path}\0{repeat}".encode())
                 uid = rec.key if repeat == 1 else f"{rec.key}#{repeat}"
@@ -107,10 +123,25 @@ class Ingest(Stage):
                                  "id_kind": rec.id_kind, "record": record})
                 n += 1
                 if n == size:
-                    yield h.hexdigest(), rows
+                    keys.append(h.hexdigest())
+                    yield keys[-1], rows
                     rows, h, n, in_chunk = [], None, 0, {}
             if n:
-                yield h.hexdigest(), rows
+                keys.append(h.hexdigest())
+                yield keys[-1], rows
+            if stat is not None and not images:
+                files[(src.path, repeat)] = (stat, keys)
+
+    def _previous_files(self, inputs, known: set[str]) -> dict:
+        """The manifests of the current version with their stat and chunk keys (only those whose
+        chunks the state still has: anything else is read again)."""
+        path = inputs.attachment(inputs.previous_ref("documents"), FILES_FILE)
+        if path is None:
+            return {}
+        import pyarrow.parquet as pq
+
+        return {(r["path"], r["repeat"]): (r["stat"], r["chunks"]) for r in pq.read_table(path).to_pylist()
+                if set(r["chunks"]) <= known}
 
     def _previous_state(self, inputs) -> str | None:
         ref = inputs.previous_ref("documents")
@@ -200,10 +231,16 @@ class Ingest(Stage):
                     deleted[name] = db.execute(f"SELECT _rowaddr FROM prev_rows ANTI JOIN ({kept}) USING ({key})"
                                                ).fetchnumpy()["_rowaddr"].tolist()
                     db.unregister("prev_rows")
-            state = os.path.join(tempfile.mkdtemp(prefix="corpusforge-ingest-"), STATE_FILE)
+            folder = tempfile.mkdtemp(prefix="corpusforge-ingest-")
+            state, files = os.path.join(folder, STATE_FILE), os.path.join(folder, FILES_FILE)
             db.execute(f"COPY (SELECT * FROM seen ORDER BY chunk, doc_id) TO {_sql_str(state)} (FORMAT parquet)")
-            notes = self._notes | {"deleted": len(deleted["documents"])}
-            return {"documents": {"deleted": deleted["documents"], "attachments": {STATE_FILE: state}},
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.Table.from_pylist([{"path": p, "repeat": r, "stat": st, "chunks": keys} for (p, r), (st, keys)
+                                                 in sorted(self._files.items())], schema=FILES), files)
+            notes = self._notes | {"deleted": len(deleted["documents"]),
+                                   "files_unread": sum(1 for k, v in self._files.items() if self._files_prev.get(k) == v)}
+            return {"documents": {"deleted": deleted["documents"], "attachments": {STATE_FILE: state, FILES_FILE: files}},
                     "source_ids": {"deleted": deleted["source_ids"]}, "notes": notes}
         finally:
             db.close()
@@ -219,6 +256,20 @@ def _image_stamp(root: Path, image) -> str:
     except (OSError, ValueError):
         return "missing"
     return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _file_stat(root: Path, src) -> str | None:
+    """Size, mtime and inode of a manifest file (None for other sources: their records name images
+    and folders whose own changes a file stat does not show)."""
+    if src.kind != "manifest" or _outside(root, src.path):
+        return None
+    try:
+        st = os.stat(root / src.path)
+    except OSError:
+        return None
+    if not os.path.isfile(root / src.path):
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
 
 
 def _sql_str(path: str) -> str:
