@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import posixpath
 import uuid
 from dataclasses import dataclass
@@ -203,7 +204,8 @@ def _plan(con, name: str, schema: pa.Schema, cur_ds, mode: str, out: Output) -> 
     if cur_ds is None:
         con.execute("CREATE TEMP VIEW added AS SELECT * FROM src")
         return []
-    reader = cur_ds.scanner(columns=cols, with_row_address=True, batch_size=65_536).to_reader()
+    reader = cur_ds.scanner(columns=cols, with_row_address=True,
+                            batch_size=min(65_536, versions.shard_rows(cur_ds.schema))).to_reader()
     con.register("cur_rows", reader)
     if mode == "delta":
         con.execute(f"CREATE TEMP TABLE cur_k AS SELECT _rowaddr, {k} FROM cur_rows")
@@ -248,10 +250,7 @@ def _stage_added(con, name: str, schema: pa.Schema, uri: str, root: DataRoot, ch
     """Validate the rows to append shard by shard and stage each shard as a fragment."""
     reports, pending, n = [], [], 0
     per_shard = versions.shard_rows(schema)
-    # in key order: the shards, and what streams from them (an index's positions), do not depend on
-    # the order in which workers happened to finish
-    order = ", ".join(quote_ident(c) for c in keys_for(name))
-    reader = con.sql(f"SELECT * FROM added ORDER BY {order}").to_arrow_reader(min(65_536, per_shard))
+    reader = _in_key_order(con, name, schema, changes.rows_added, per_shard)
 
     def flush():
         nonlocal pending, n
@@ -271,6 +270,38 @@ def _stage_added(con, name: str, schema: pa.Schema, uri: str, root: DataRoot, ch
             flush()
     flush()
     return reports or [validate(name, schema.empty_table(), extra)]
+
+
+def _in_key_order(con, name: str, schema: pa.Schema, rows: int, per_shard: int):
+    """The rows to append, in key order, so that the shards (and what streams from them, an index's
+    positions) do not depend on which worker finished first. Up to a shard: one sort. More: hash
+    buckets of about a shard each, written once and each sorted on its own, so the sort never
+    holds more than a bucket (DuckDB cannot always spill one sort of wide rows)."""
+    import glob
+    import shutil
+    import tempfile
+
+    order = ", ".join(quote_ident(c) for c in keys_for(name))
+    batch = min(65_536, per_shard)
+    if rows <= per_shard:
+        yield from con.sql(f"SELECT * FROM added ORDER BY {order}").to_arrow_reader(batch)
+        return
+    buckets = -(-rows // per_shard)
+    scratch = os.path.join(tempfile.gettempdir(), "corpusforge-duckdb")
+    os.makedirs(scratch, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix="buckets-", dir=scratch)
+    cols = ", ".join(_column(f) for f in schema)
+    try:
+        con.execute(f"COPY (SELECT *, hash({order}) % {buckets} AS __bucket FROM added) TO {quote_literal(folder)} "
+                    "(FORMAT parquet, PARTITION_BY (__bucket), OVERWRITE_OR_IGNORE)")
+        for b in range(buckets):
+            files = sorted(glob.glob(os.path.join(folder, f"__bucket={b}", "*.parquet")))
+            if files:
+                listed = ", ".join(quote_literal(f) for f in files)
+                yield from con.sql(f"SELECT {cols} FROM read_parquet([{listed}], hive_partitioning = false) "
+                                   f"ORDER BY {order}").to_arrow_reader(batch)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _kept(cur_ds, changes: versions.Changes):
