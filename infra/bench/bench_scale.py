@@ -61,12 +61,14 @@ def tiny_encoder(folder: Path) -> str:
 
 
 def write_corpus(folder: Path, n: int, extra: int = 0) -> None:
-    """documents.jsonl with n texts; with `extra`, a second manifest documents-more.jsonl (the refresh)."""
+    """documents.jsonl with n texts; with `extra`, only the second manifest documents-more.jsonl is
+    written (the refresh: new documents arrive as a new file, the old one is left as it is)."""
     folder.mkdir(parents=True, exist_ok=True)
     texts = synthetic_texts(n + extra, seed=3)
-    with open(folder / "documents.jsonl", "w") as f:
-        for i in range(n):
-            f.write(json.dumps({"id": f"doc-{i}", "text": texts[i]}) + "\n")
+    if not extra:
+        with open(folder / "documents.jsonl", "w") as f:
+            for i in range(n):
+                f.write(json.dumps({"id": f"doc-{i}", "text": texts[i]}) + "\n")
     with open(folder / "documents-more.jsonl", "w") as f:
         for i in range(n, n + extra):
             f.write(json.dumps({"id": f"doc-{i}", "text": texts[i]}) + "\n")
