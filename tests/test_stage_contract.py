@@ -128,6 +128,8 @@ def _other(name: str, value):
         return "some-other-secret-block"
     if value is None:
         return 2
+    if isinstance(value, bool):  # a switch: the other setting
+        return not value
     if hasattr(value, "model_dump"):  # a resource sub-section (where a build step runs): change every field
         return {k: _other(k, v) for k, v in value.model_dump().items()}
     return value * 3 if value else 1
