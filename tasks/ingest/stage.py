@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
 from schemas.config import IngestConfig
@@ -17,6 +19,7 @@ from schemas.tables import DOCUMENTS, SOURCE_IDS
 from tasks.ingest.checks import Rejected, _modality, check_image, check_text
 from tasks.ingest.readers import RawRecord, _outside, read_sources
 from tasks.runtime.ids import canonical_json, record_id
+from tasks.runtime.sql import quote_literal
 from tasks.runtime.stage import KEY, UNIT, Assembled, Resources, Stage, Units, Work
 
 DOC_COLUMNS = [f.name for f in DOCUMENTS if f.name not in ("source", "source_id")]
@@ -69,7 +72,7 @@ class Ingest(Stage):
         self._files, self._files_prev = {}, {}
         state = self._previous_state(inputs)
         if state is not None:
-            db.execute(f"CREATE TABLE prev AS SELECT * FROM read_parquet({_sql_str(state)})")
+            db.execute(f"CREATE TABLE prev AS SELECT * FROM read_parquet({quote_literal(state)})")
             known = {r[0] for r in db.execute("SELECT DISTINCT chunk FROM prev").fetchall()}
             self._files_prev = self._previous_files(inputs, known)
             carried = known & {key for key, _ in self._chunks(root, keep_rows=False)}
@@ -96,11 +99,10 @@ class Ingest(Stage):
         size, fp, listed = self.cfg.chunk_records, self.fingerprint(), {}
         for src in self.config.corpus.sources:
             repeat = listed[src.path] = listed.get(src.path, 0) + 1  # a source listed twice: distinct units
-            stat = _file_stat(root, src) if self.cfg.skip_unchanged_files else None
-            prev = getattr(self, "_files_prev", {}).get((src.path, repeat))
-            files = self.__dict__.setdefault("_files", {})
-            if stat is not None and prev is not None and prev[0] == stat:  # unchanged: its chunks, unread
-                files[(src.path, repeat)] = prev
+            signature = _file_stat(root, src) if self.cfg.skip_unchanged_files else None
+            prev = self._files_prev.get((src.path, repeat))
+            if signature is not None and prev is not None and prev[0] == signature:  # unchanged: its chunks, unread
+                self._files[(src.path, repeat)] = prev
                 for key in prev[1]:
                     yield key, None
                 continue
@@ -129,8 +131,8 @@ class Ingest(Stage):
             if n:
                 keys.append(h.hexdigest())
                 yield keys[-1], rows
-            if stat is not None and not images:
-                files[(src.path, repeat)] = (stat, keys)
+            if signature is not None and not images:
+                self._files[(src.path, repeat)] = (signature, keys)
 
     def _previous_files(self, inputs, known: set[str]) -> dict:
         """The manifests of the current version with their stat and chunk keys (only those whose
@@ -138,8 +140,6 @@ class Ingest(Stage):
         path = inputs.attachment(inputs.previous_ref("documents"), FILES_FILE)
         if path is None:
             return {}
-        import pyarrow.parquet as pq
-
         return {(r["path"], r["repeat"]): (r["stat"], r["chunks"]) for r in pq.read_table(path).to_pylist()
                 if set(r["chunks"]) <= known}
 
@@ -233,9 +233,7 @@ class Ingest(Stage):
                     db.unregister("prev_rows")
             folder = tempfile.mkdtemp(prefix="corpusforge-ingest-")
             state, files = os.path.join(folder, STATE_FILE), os.path.join(folder, FILES_FILE)
-            db.execute(f"COPY (SELECT * FROM seen ORDER BY chunk, doc_id) TO {_sql_str(state)} (FORMAT parquet)")
-            import pyarrow.parquet as pq
-
+            db.execute(f"COPY (SELECT * FROM seen ORDER BY chunk, doc_id) TO {quote_literal(state)} (FORMAT parquet)")
             pq.write_table(pa.Table.from_pylist([{"path": p, "repeat": r, "stat": st, "chunks": keys} for (p, r), (st, keys)
                                                  in sorted(self._files.items())], schema=FILES), files)
             notes = self._notes | {"deleted": len(deleted["documents"]),
@@ -267,13 +265,7 @@ def _file_stat(root: Path, src) -> str | None:
         st = os.stat(root / src.path)
     except OSError:
         return None
-    if not os.path.isfile(root / src.path):
-        return None
-    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
-
-
-def _sql_str(path: str) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}" if stat.S_ISREG(st.st_mode) else None
 
 
 class RecordCheck:

@@ -287,9 +287,7 @@ def _in_key_order(con, name: str, schema: pa.Schema, rows: int, per_shard: int):
         yield from con.sql(f"SELECT * FROM added ORDER BY {order}").to_arrow_reader(batch)
         return
     buckets = -(-rows // per_shard)
-    scratch = os.path.join(tempfile.gettempdir(), "corpusforge-duckdb")
-    os.makedirs(scratch, exist_ok=True)
-    folder = tempfile.mkdtemp(prefix="buckets-", dir=scratch)
+    folder = tempfile.mkdtemp(prefix="buckets-", dir=versions.scratch_dir())
     cols = ", ".join(_column(f) for f in schema)
     try:
         con.execute(f"COPY (SELECT *, hash({order}) % {buckets} AS __bucket FROM added) TO {quote_literal(folder)} "

@@ -182,9 +182,19 @@ def scratch_db():
 
     con = duckdb.connect()
     con.execute(f"SET memory_limit = '{_memory_limit()}'")
-    con.execute(f"SET temp_directory = '{tempfile.gettempdir()}/corpusforge-duckdb'")
+    con.execute(f"SET temp_directory = '{scratch_dir()}'")
     con.execute("SET preserve_insertion_order = false")
     return con
+
+
+def scratch_dir() -> str:
+    """Where the scratch DuckDB spills, and where a publish writes its temporary buckets."""
+    import os
+    import tempfile
+
+    path = os.path.join(tempfile.gettempdir(), "corpusforge-duckdb")
+    os.makedirs(path, exist_ok=True)
+    return path
 
 
 def _memory_limit() -> str:
