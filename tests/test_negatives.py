@@ -51,6 +51,22 @@ def negs(res) -> list[str]:
 
 
 # ---- plan ------------------------------------------------------------------------------------------
+def test_positives_resolve_by_streaming_the_corpus_ids_in_batches():
+    """Our ids, a source's ids and a duplicate's id all resolve; the corpus arrives in batches
+    (as a large one is read), so no whole table or dict of it is needed."""
+    from tasks.negatives.inputs import resolve_doc_ids
+
+    documents = pa.table({"doc_id": ["d1", "d2", "d3"], "source_id": ["s1", None, "s3"]})
+    source_ids = pa.table({"source_id": ["s1", "s3", "dup-of-s1"], "doc_id": ["d1", "d3", "d1"]})
+    wanted = ["d2", "s3", "dup-of-s1", "nowhere", "s1"]
+    expected = ["d2", "d3", "d1", None, "d1"]
+    assert resolve_doc_ids(wanted, documents, source_ids) == expected
+    assert resolve_doc_ids(wanted, iter(documents.to_batches(max_chunksize=1)),
+                           iter(source_ids.to_batches(max_chunksize=2))) == expected
+    assert resolve_doc_ids(["s3"], documents) == ["d3"]  # without source_ids: documents.source_id
+    assert resolve_doc_ids([], documents, source_ids) == []
+
+
 def test_window_and_depth_derive_like_sentence_transformers():
     p = plan_mining(NegativesConfig(num_negatives=3), max_positives=4)
     assert (p.range_max, p.depth) == (3 + 4, 3 + 4 + 4)
@@ -376,6 +392,8 @@ def test_refresh_adds_to_the_index_and_remines_only_affected_queries(sample, tmp
     assert second["refresh"]["new_or_changed_queries"] == 4
     assert 4 < second["queries_remined"] < queries.num_rows  # the new queries plus those new documents reach
     assert second["queries_reused"] == queries.num_rows - second["queries_remined"]
+    # queries only the new vectors reach merge their old list with those vectors, without a search
+    assert 0 < second["refresh"]["queries_merged"] <= second["refresh"]["by_new_documents"]
 
     # the incremental result equals mining everything from scratch on the grown corpus
     fresh = _ctx(tmp_path / "full", num_negatives=3)

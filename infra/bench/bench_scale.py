@@ -13,7 +13,8 @@ adds 1% new documents as a second manifest file at n_large: its stage time and t
 wrote under the data root, as shares of the full build's.
 
 Sizes: BENCH_SCALE_SMALL (default 100000), BENCH_SCALE_LARGE (default 1000000); BENCH_SCALE_QUERIES
-(default 1000).
+(default 1000). BENCH_SCALE_LOCAL_BELOW (default 20000) is the config's embed.local_below: a delta
+below it embeds in the flow process; 0 sends it to an actor pool like the full build.
 """
 from __future__ import annotations
 
@@ -84,6 +85,11 @@ def write_queries(folder: Path, n_docs: int, n_queries: int) -> None:
             r.write(f"q{k} 0 doc-{i} 3\n")
 
 
+# a scheduled refresh's delta (1% of 1M) embeds in the flow process instead of starting an actor pool
+# (embed.local_below, as README recommends for refreshes); the full builds are far above it
+LOCAL_BELOW = int(os.environ.get("BENCH_SCALE_LOCAL_BELOW", 20_000))
+
+
 def write_config(folder: Path, corpus: Path, model: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     cfg = folder / "config.yaml"
@@ -104,6 +110,7 @@ def write_config(folder: Path, corpus: Path, model: str) -> Path:
         judge: {{enabled: false}}
         embed:
           text: {{model: {model}, batch_size: 256}}
+          local_below: {LOCAL_BELOW}
         index: {{type: flat, bm25: false}}
         negatives:
           queries_file: {corpus / 'queries.tsv'}

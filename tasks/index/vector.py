@@ -30,17 +30,26 @@ ITEM_COLUMNS = ["item_id", "item_kind", "doc_id", "content_sha256"]
 
 @dataclass
 class Segment:
-    """One FAISS file of an index: local id i is global id first_id + i."""
+    """One FAISS file of an index: local id i is global id first_id + i. A stored segment is read
+    on first use, so a refresh that only adds a segment never loads the vectors it already has."""
 
-    index: object
+    loaded: object  # the FAISS index, or None until `load` reads it
     first_id: int
     file: str  # file name
     dir: str | None = None  # data-root-relative folder; None: stored with the version being written
     local: str | None = None  # a local copy (to upload with the version)
+    stored_count: int | None = None  # vectors in the file (from the manifest), while not loaded
+    load: Callable[[], object] | None = None
+
+    @property
+    def index(self):
+        if self.loaded is None:
+            self.loaded = self.load()
+        return self.loaded
 
     @property
     def count(self) -> int:
-        return int(self.index.ntotal)
+        return int(self.loaded.ntotal) if self.loaded is not None else int(self.stored_count)
 
     def entry(self) -> dict:
         return {"file": self.file, "dir": self.dir, "first_id": self.first_id, "count": self.count}
@@ -58,7 +67,6 @@ class VectorIndex:
     segments: list[Segment]
     items: pa.Table
     manifest: dict
-    docs: np.ndarray = field(init=False)  # doc ids, first appearance order
     item_doc: np.ndarray = field(init=False)  # item row -> position in docs
 
     def __post_init__(self) -> None:
@@ -75,18 +83,24 @@ class VectorIndex:
         for i, s in enumerate(self.segments):
             live = self.row_of[s.first_id:s.first_id + s.count] >= 0
             if not live.all():
-                self._params[i] = _excluding(s.index, self.manifest, np.flatnonzero(~live))
-        doc_ids = self.items["doc_id"].to_numpy(zero_copy_only=False).astype(object)
-        uniq, first, inv = np.unique(doc_ids, return_index=True, return_inverse=True)
-        order = np.argsort(first, kind="stable")
-        rank = np.empty_like(order)
-        rank[order] = np.arange(len(order))
-        self.docs = uniq[order]
-        self.item_doc = rank[inv].astype(np.int64)
-        counts = np.bincount(self.item_doc, minlength=len(self.docs)) if len(self.docs) else np.zeros(0, int)
+                self._params[i] = _excluding(self.manifest, np.flatnonzero(~live))
+        # doc ids in first-appearance order, and each item's document, hashed in Arrow (no Python
+        # objects per row: this runs on every load of an index of millions of vectors)
+        enc = (self.items["doc_id"].combine_chunks().dictionary_encode() if self.items.num_rows
+               else pa.array([], pa.string()).dictionary_encode())
+        self._doc_ids: pa.Array = enc.dictionary
+        self.item_doc = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        counts = np.bincount(self.item_doc, minlength=len(self._doc_ids)) if len(self._doc_ids) else np.zeros(0, int)
         self.max_items_per_doc = int(counts.max()) if len(counts) else 1
-        self._doc_pos = {d: i for i, d in enumerate(self.docs)}
-        self._doc_items: list[np.ndarray] | None = None
+        self._docs: np.ndarray | None = None
+        self._doc_items: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def docs(self) -> np.ndarray:
+        """Doc ids (objects), first appearance order: `docs[p]` is the document at position p."""
+        if self._docs is None:
+            self._docs = self._doc_ids.to_numpy(zero_copy_only=False)
+        return self._docs
 
     @property
     def count(self) -> int:
@@ -112,7 +126,17 @@ class VectorIndex:
 
     def doc_position(self, doc_ids) -> np.ndarray:
         """Positions of doc ids in `docs`; -1 for documents without a vector here."""
-        return np.array([self._doc_pos.get(d, -1) for d in doc_ids], dtype=np.int64)
+        wanted = doc_ids if isinstance(doc_ids, (pa.Array, pa.ChunkedArray)) else pa.array(list(doc_ids), pa.string())
+        if len(wanted) == 0:
+            return np.zeros(0, np.int64)
+        at = pc.index_in(wanted, value_set=self._doc_ids)
+        return pc.fill_null(at, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+    def doc_positions(self, lists: list[list[str]]) -> list[np.ndarray]:
+        """`doc_position` of several id lists in one lookup (one hash of the index's doc ids)."""
+        flat = self.doc_position([d for ids in lists for d in ids])
+        bounds = np.cumsum([0] + [len(ids) for ids in lists])
+        return [flat[bounds[i]:bounds[i + 1]] for i in range(len(lists))]
 
     # -- search --
     def search_items(self, queries: np.ndarray, k: int, batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
@@ -182,17 +206,17 @@ class VectorIndex:
 
     def doc_scores(self, queries: np.ndarray, doc_positions: list[np.ndarray]) -> list[np.ndarray]:
         """Exact scores of given documents for each query (a document scores as its best item)."""
-        if self._doc_items is None:
+        if self._doc_items is None:  # items grouped by document: order[bounds[d]:bounds[d + 1]]
             order = np.argsort(self.item_doc, kind="stable")
-            bounds = np.searchsorted(self.item_doc[order], np.arange(len(self.docs) + 1))
-            self._doc_items = [order[bounds[i]:bounds[i + 1]] for i in range(len(self.docs))]
+            self._doc_items = (order, np.searchsorted(self.item_doc[order], np.arange(len(self._doc_ids) + 1)))
+        order, bounds = self._doc_items
         out = []
         for q, docs in zip(queries, doc_positions):
             docs = np.asarray(docs, np.int64)
             if len(docs) == 0:
                 out.append(np.zeros(0, np.float32))
                 continue
-            items = [self._doc_items[d] if d >= 0 else np.zeros(0, np.int64) for d in docs]
+            items = [order[bounds[d]:bounds[d + 1]] if d >= 0 else np.zeros(0, np.int64) for d in docs]
             flat = np.concatenate(items) if items else np.zeros(0, np.int64)
             sims = self.vectors(flat) @ np.asarray(q, np.float32)
             scores, pos = np.full(len(docs), -np.inf, np.float32), 0
@@ -237,7 +261,7 @@ class VectorIndex:
             attachments[template["file"]] = template["local"]
         meta = self.manifest | {"kind": "faiss", "action": action, "segments": [s.entry() for s in self.segments],
                                 "count": self.count, "stored": self.stored,
-                                "docs": len(self.docs), "max_items_per_doc": self.max_items_per_doc}
+                                "docs": len(self._doc_ids), "max_items_per_doc": self.max_items_per_doc}
         if template:
             meta["template"] = {k: v for k, v in template.items() if k != "local"}
         identity = {k: self.manifest.get(k) for k in ("type", "factory", "params", "space", "dim", "metric")}
@@ -255,11 +279,21 @@ class VectorIndex:
 
         manifest = dict(manifest)
         segments = []
+        # a flat segment is mapped, not read: its pages come in as a search touches them, so
+        # reconstructing a few vectors or adding a segment never reads the stored ones
+        flags = faiss.IO_FLAG_MMAP_IFC if manifest.get("type") == "flat" else 0
+
+        def reader(folder: str, file: str):
+            def read():
+                index = faiss.read_index(local_path(folder, file), flags)
+                search_params(index, manifest["type"], manifest["params"])
+                return index
+            return read
+
         for e in manifest.get("segments") or []:
             folder = e.get("dir") or attachments
-            index = faiss.read_index(local_path(folder, e["file"]))
-            search_params(index, manifest["type"], manifest["params"])
-            segments.append(Segment(index, int(e["first_id"]), e["file"], folder))
+            segments.append(Segment(None, int(e["first_id"]), e["file"], folder, stored_count=int(e["count"]),
+                                    load=reader(folder, e["file"])))
         if manifest.get("template"):
             t = dict(manifest["template"])
             t["dir"] = t.get("dir") or attachments
@@ -268,7 +302,7 @@ class VectorIndex:
         return cls(manifest["name"], segments, items.select(["position"] + ITEM_COLUMNS), manifest)
 
 
-def _excluding(index, manifest: dict, local_ids: np.ndarray):
+def _excluding(manifest: dict, local_ids: np.ndarray):
     """Search parameters that skip masked (deleted) local ids, keeping the index's own settings."""
     import faiss
 

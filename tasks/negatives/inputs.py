@@ -23,18 +23,34 @@ class MiningInputs:
     duplicates: list[str] = field(default_factory=list)
 
 
-def resolve_doc_ids(doc_ids: list[str], documents: pa.Table, source_ids: pa.Table | None = None) -> list[str | None]:
+def resolve_doc_ids(doc_ids: list[str], documents, source_ids=None) -> list[str | None]:
     """Our doc ids for ids that are either ours or a source's own ids: `source_ids` maps every one,
-    deduplicated records' ids included (documents.source_id holds only the first of each)."""
-    ours = set(documents["doc_id"].to_pylist())
+    deduplicated records' ids included (documents.source_id holds only the first of each).
+
+    `documents` (doc_id[, source_id]) and `source_ids` (source_id, doc_id) are tables or streams
+    of batches: only the rows naming a wanted id are kept, so a corpus of millions of documents
+    is never held whole for a few thousand qrels.
+    """
+    wanted = pa.array(sorted({d for d in doc_ids if d is not None}), pa.string())
+    ours: set[str] = set()
     by_source: dict[str, str] = {}
-    if source_ids is not None:
-        by_source.update(zip(source_ids["source_id"].to_pylist(), source_ids["doc_id"].to_pylist()))
-    if "source_id" in documents.column_names:
-        for d, s in zip(documents["doc_id"].to_pylist(), documents["source_id"].to_pylist()):
-            if s is not None:
-                by_source.setdefault(s, d)
+    if len(wanted):
+        for b in _stream(source_ids):
+            hit = b.filter(pc.is_in(b["source_id"], value_set=wanted))
+            by_source.update(zip(hit["source_id"].to_pylist(), hit["doc_id"].to_pylist()))
+        for b in _stream(documents):
+            ours.update(b["doc_id"].filter(pc.is_in(b["doc_id"], value_set=wanted)).to_pylist())
+            if "source_id" in b.schema.names:
+                hit = b.filter(pc.is_in(b["source_id"], value_set=wanted))
+                for d, src in zip(hit["doc_id"].to_pylist(), hit["source_id"].to_pylist()):
+                    by_source.setdefault(src, d)
     return [d if d in ours else by_source.get(d) for d in doc_ids]
+
+
+def _stream(data):
+    if data is None:
+        return
+    yield from (data.to_batches() if isinstance(data, pa.Table) else data)
 
 
 def load_inputs(inputs, cfg: NegativesConfig) -> MiningInputs | None:
@@ -43,7 +59,6 @@ def load_inputs(inputs, cfg: NegativesConfig) -> MiningInputs | None:
     from tasks.judge import trec_io
     from tasks.queries.stage import usable_queries
 
-    documents = inputs["documents"]
     rejected: list[dict] = []
     duplicates: list[str] = []
     if cfg.queries_file:
@@ -69,7 +84,10 @@ def load_inputs(inputs, cfg: NegativesConfig) -> MiningInputs | None:
         j = judgments.filter(pc.and_(pc.is_in(judgments["judge"], value_set=pa.array(cfg.positive_judges, pa.string())),
                                      pc.greater_equal(pc.fill_null(judgments["grade"], -1), cfg.positive_grade)))
         pairs += list(zip(j["query_id"].to_pylist(), j["doc_id"].to_pylist()))
-    resolved = resolve_doc_ids([d for _, d in pairs], documents, inputs.get("source_ids"))
+    doc_columns = ["doc_id", "source_id"] if "source_id" in inputs.schema("documents").names else ["doc_id"]
+    resolved = resolve_doc_ids([d for _, d in pairs], inputs.batches("documents", doc_columns),
+                               inputs.batches("source_ids", ["source_id", "doc_id"]) if "source_ids" in inputs
+                               else None)
     keep_q, keep_d = [], []
     for (q, d), r in zip(pairs, resolved):
         if r is None:

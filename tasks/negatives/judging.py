@@ -55,7 +55,7 @@ def judge_what_mining_needs(inputs, config, queries: pa.Table, vectors: np.ndarr
     pos_map = positives_by_query(positives)
     asked: set[tuple[str, str]] = set()
     doc_modality = (dict(zip(documents["doc_id"].to_pylist(), documents["modality"].to_pylist()))
-                    if documents is not None else {})
+                    if documents is not None and cfg.modality.enabled else {})
     for round_ in range(MAX_ROUNDS):
         judged = judge_lookup(judgments, jf.judges)
         need = needed_pairs(queries, vectors, pos_map, index, cfg, plan, judged, asked, 2 ** round_, lexical,
@@ -101,7 +101,7 @@ def needed_pairs(queries: pa.Table, vectors: np.ndarray, pos_map: dict[str, list
         pos_ids = [pos_map[q] for q in bq]
         for q, t, pos in zip(bq, bt, pos_ids):
             out += [(q, t, d) for d in pos if (q, d) not in judged and (q, d) not in asked]
-        pos_pos = [index.doc_position(p) for p in pos_ids]
+        pos_pos = index.doc_positions(pos_ids)
         scores = index.doc_scores(bv, pos_pos)
         pos_min = np.array([np.min(s[np.isfinite(s)]) if np.isfinite(s).any() else np.nan for s in scores], np.float32)
         batch = candidate_batch(index, cfg, plan, bq, bt, bv, pos_ids, pos_pos, pos_min, judged, lexical,

@@ -104,12 +104,13 @@ class _Acc:
 
 def mine(queries: pa.Table, query_vectors: np.ndarray, positives: pa.Table, index: VectorIndex,
          cfg: NegativesConfig, *, lexical: LexicalIndex | None = None, judgments: pa.Table | None = None,
-         documents: pa.Table | None = None, max_positives: int | None = None) -> MiningResult:
+         documents: pa.Table | None = None, max_positives: int | None = None, prior=None) -> MiningResult:
     """Mine negatives for `queries` (query_id, text[, target_modality]) with vectors in index space.
 
     `positives` holds (query_id, doc_id) rows. `max_positives` (most positives of any query) sets
     the default depth; pass the whole job's value when mining a subset so the result equals a
-    full run. A query without any positive is quarantined, as is one whose positives all lack a
+    full run. `prior` (a refresh's tasks.negatives.refresh.Prior) gives the queries whose lists
+    merge with the new vectors instead of a search. A query without any positive is quarantined, as is one whose positives all lack a
     vector while a margin or C1 needs the positive's score.
     """
     pos_map = positives_by_query(positives)
@@ -118,7 +119,7 @@ def mine(queries: pa.Table, query_vectors: np.ndarray, positives: pa.Table, inde
     base_policy = policy_tokens(cfg, plan)
     quarantine = Quarantine(STAGE)
     doc_modality = (dict(zip(documents["doc_id"].to_pylist(), documents["modality"].to_pylist()))
-                    if documents is not None else {})
+                    if documents is not None and cfg.modality.enabled else {})
     if cfg.modality.enabled and not doc_modality:
         raise ValueError("negatives.modality needs the documents table (doc_id, modality)")
     expected = expected_modalities(queries, pos_map, doc_modality) if cfg.modality.enabled else {}
@@ -146,7 +147,7 @@ def mine(queries: pa.Table, query_vectors: np.ndarray, positives: pa.Table, inde
         bt = [texts[i] for i in rows]
         bv = vecs[rows]
         pos_ids = [pos_map[q] for q in bq]
-        pos_pos = [index.doc_position(p) for p in pos_ids]
+        pos_pos = index.doc_positions(pos_ids)
         pos_scores = index.doc_scores(bv, pos_pos)
         pos_min = np.array([np.min(s[np.isfinite(s)]) if np.isfinite(s).any() else np.nan for s in pos_scores],
                            np.float32)
@@ -176,7 +177,7 @@ def mine(queries: pa.Table, query_vectors: np.ndarray, positives: pa.Table, inde
         if not bq:
             continue
         batch = candidate_batch(index, cfg, plan, bq, bt, bv, pos_ids, pos_pos, pos_min, judged, lexical,
-                                doc_modality, expected)
+                                doc_modality, expected, prior)
         cands = batch.cands
         sel = select(batch, cfg, plan)
         _emit(acc, batch, sel, bq, bt, pos_ids, pos_pos, pos_scores, base_policy, plan, cfg)
@@ -214,10 +215,10 @@ def mine(queries: pa.Table, query_vectors: np.ndarray, positives: pa.Table, inde
 def candidate_batch(index: VectorIndex, cfg: NegativesConfig, plan: MiningPlan, bq: list[str], bt: list[str],
                     bv: np.ndarray, pos_ids: list[list[str]], pos_pos: list[np.ndarray], pos_min: np.ndarray,
                     judged: dict, lexical: LexicalIndex | None = None, doc_modality: dict | None = None,
-                    expected: dict | None = None) -> Batch:
+                    expected: dict | None = None, prior=None) -> Batch:
     """Retrieve a batch of queries' candidates and attach what the policies read (judge scores,
     modalities); the judge filter's lookahead (tasks.negatives.judging) builds the very same batch."""
-    cands = retrieve(index, bv, bt, bq, plan.depth, cfg.source, lexical, batch=len(bq))
+    cands = retrieve(index, bv, bt, bq, plan.depth, cfg.source, lexical, batch=len(bq), prior=prior)
     batch = Batch(cands, pos_pos, pos_min)
     if cfg.judge_filter.enabled:
         batch.judge_score, batch.judge_grade, batch.pos_judge = _judge_arrays(cands, pos_ids, judged)

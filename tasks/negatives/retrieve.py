@@ -32,15 +32,17 @@ class Candidates:
 
 def retrieve(index: VectorIndex, query_vectors: np.ndarray, query_texts: list[str], query_ids: list[str],
              depth: int, source: str = "dense", lexical: LexicalIndex | None = None,
-             batch: int = 1024) -> Candidates:
+             batch: int = 1024, prior=None) -> Candidates:
     """Top-`depth` candidates per query from the dense index, BM25 or both.
 
     Lexical candidates are scored in the dense space (a document scores as its best vector), so
-    margins compare like with like; the retriever bits say who found each one.
+    margins compare like with like; the retriever bits say who found each one. Dense queries in
+    `prior` (tasks.negatives.refresh.Prior, a refresh) merge their previous list with the new
+    vectors instead of searching the index.
     """
     B = len(query_ids)
     if source == "dense":
-        s, d = index.search_docs(query_vectors, depth, batch)
+        s, d = _dense(index, query_vectors, list(query_ids), depth, batch, prior)
         r = np.broadcast_to(np.arange(1, depth + 1, dtype=np.int32), d.shape).copy()
         return Candidates(list(query_ids), d, s, r, np.where(d >= 0, DENSE, 0).astype(np.uint8), index.docs)
     if lexical is None:
@@ -73,4 +75,15 @@ def retrieve(index: VectorIndex, query_vectors: np.ndarray, query_texts: list[st
     return Candidates(list(query_ids), out_d, out_s, rank, out_r, index.docs)
 
 
-# ---- policies --------------------------------------------------------------------------------------
+def _dense(index: VectorIndex, vectors: np.ndarray, query_ids: list[str], depth: int, batch: int, prior):
+    if prior is None:
+        return index.search_docs(vectors, depth, batch)
+    merged = [i for i, q in enumerate(query_ids) if q in prior]
+    searched = [i for i, q in enumerate(query_ids) if q not in prior]
+    s = np.full((len(query_ids), depth), -np.inf, np.float32)
+    d = np.full((len(query_ids), depth), -1, np.int64)
+    if searched:
+        s[searched], d[searched] = index.search_docs(vectors[searched], depth, batch)
+    if merged:
+        s[merged], d[merged] = prior.top([query_ids[i] for i in merged], vectors[merged], depth)
+    return s, d

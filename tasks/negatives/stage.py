@@ -22,7 +22,7 @@ from tasks.negatives.inputs import load_inputs, resolve_doc_ids
 from tasks.negatives.mine import (expected_modalities, judge_lookup, mine, positives_by_query,
                                   query_state_hash)
 from tasks.negatives.plan import plan_mining
-from tasks.negatives.refresh import affected_queries
+from tasks.negatives.refresh import Prior, affected_queries
 from tasks.runtime.publish import content_hash
 from tasks.runtime.stage import KEY, UNIT, Assembled, Output, Read, Stage, Units, optional
 
@@ -74,7 +74,8 @@ class Negatives(Stage):
         index = input_index(inputs, f"indexes/{cfg.index}")
         self._check_space(index)
         lexical = input_lexical(inputs) if cfg.source != "dense" else None
-        documents = inputs["documents"]
+        # ids and modalities only: the texts of a large corpus never come into the mining task
+        documents = inputs.columns("documents", ["doc_id", "modality", "source_id"])
         judgments = inputs.concat("judgments/") if cfg.judge_filter.enabled else None
         if judgments is not None:
             judgments = judgments.set_column(judgments.schema.get_field_index("doc_id"), "doc_id", pa.array(
@@ -95,8 +96,9 @@ class Negatives(Stage):
                                                          plan, judgments, lexical, documents)
 
         # what each query's negatives depend on, to compare with the previous run
-        doc_modality = dict(zip(documents["doc_id"].to_pylist(), documents["modality"].to_pylist()))
-        expected = expected_modalities(queries, pos_map, doc_modality) if cfg.modality.enabled else {}
+        expected = (expected_modalities(queries, pos_map, dict(zip(documents["doc_id"].to_pylist(),
+                                                                   documents["modality"].to_pylist())))
+                    if cfg.modality.enabled else {})
         judged = judge_lookup(judgments, cfg.judge_filter.judges) if judgments is not None else {}
         judged_by_query: dict[str, list] = {}
         for (q, d), v in judged.items():
@@ -107,18 +109,20 @@ class Negatives(Stage):
 
         lexical_version = inputs.ref("indexes/bm25").version if inputs.ref("indexes/bm25") else None
         previous = self._previous(inputs, fp, plan, lexical_version)
-        mode, report_refresh, todo = "full", {}, qids
+        mode, report_refresh, todo, prior = "full", {}, qids, None
         if previous is not None:
             prev_neg, prev_cand, prev_state, prev_items = previous
-            affected, report_refresh = affected_queries(prev_state, prev_cand, state_now, index, prev_items,
-                                                        dict(zip(qids, vecs)), pos_map)
+            affected, merge, added_rows, report_refresh = affected_queries(
+                prev_state, prev_cand, state_now, index, prev_items, dict(zip(qids, vecs)), pos_map)
             todo = [q for q in qids if q in affected or q not in state_now]
             mode = "incremental"
+            if cfg.source == "dense" and merge:
+                prior = Prior.of(index, prev_cand, merge, added_rows)
         todo_set = set(todo)
         rows = [i for i, q in enumerate(qids) if q in todo_set]
         sub_q = queries.take(pa.array(rows, pa.int64())) if rows else queries.slice(0, 0)
         res = mine(sub_q, vecs[rows] if rows else np.zeros((0, index.dim), np.float32), mi.positives, index, cfg,
-                   lexical=lexical, judgments=judgments, documents=documents, max_positives=max_pos)
+                   lexical=lexical, judgments=judgments, documents=documents, max_positives=max_pos, prior=prior)
         negatives, candidates, state = res.negatives, res.candidates, res.state
         if previous is not None:
             keep = pa.array(sorted(set(state_now) - todo_set), pa.string())

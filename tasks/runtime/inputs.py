@@ -99,6 +99,19 @@ class Inputs:
             return
         yield from self.dataset(name).scanner(columns=columns, filter=filter, batch_size=batch_size).to_batches()
 
+    def columns(self, name: str, columns: list[str]) -> pa.Table | None:
+        """Some columns of an input, read in batches and not kept (a narrow view of a large table)."""
+        if name not in self:
+            return None
+        have = [c for c in columns if c in self.schema(name).names]
+        parts = list(self.batches(name, have))
+        return pa.Table.from_batches(parts) if parts else self.schema(name).empty_table().select(have)
+
+    def schema(self, name: str) -> pa.Schema:
+        if name in self._tables or self.root is None or name not in self.refs:
+            return self[name].schema
+        return self.dataset(name).schema
+
     def matching(self, prefix: str) -> list[str]:
         """Names of the inputs under a glob read's prefix (`judgments/` for `judgments/*`)."""
         return sorted(n for n in set(self.refs) | set(self._tables) if n.startswith(prefix))
