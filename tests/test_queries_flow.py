@@ -12,13 +12,20 @@ from tests.openai_stub import StubServer
 from tests.test_build_flow import make_config, stage_rows
 
 
-def artifacts(keys: list[str]):
+def artifacts(keys: list[str], result: dict):
+    """This build's artifacts (other tests build the same sample corpus under the same keys)."""
+    from uuid import UUID
+
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    flow_run = Catalog(result["catalog"]).query("SELECT prefect_flow_run_id FROM runs WHERE run_id = ?",
+                                                [result["run_id"]])["prefect_flow_run_id"][0].as_py()
 
     async def fetch():
         async with get_client() as client:
-            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=keys), flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run)])))
 
     return asyncio.run(fetch())
 
@@ -47,7 +54,8 @@ def test_captions_and_queries_are_published_with_lineage(offline_build):
 
 
 def test_query_artifacts(offline_build):
-    arts = artifacts(["sample-queries-per-target", "sample-queries-filter-pass-rates", "sample-queries-sample"])
+    arts = artifacts(["sample-queries-per-target", "sample-queries-filter-pass-rates", "sample-queries-sample"],
+                     offline_build[2])
     assert {a.key for a in arts} == {"sample-queries-per-target", "sample-queries-filter-pass-rates", "sample-queries-sample"}
     per_target = json.loads(next(a for a in arts if a.key == "sample-queries-per-target").data)
     assert {r["target"] for r in per_target} == {"text", "image", "text+image"}
@@ -98,7 +106,7 @@ def test_openai_backends_in_the_flow_never_leak_the_key(prefect_harness, ray_loc
         if f.is_file():
             assert key.encode() not in f.read_bytes(), f"API key found in {f}"
     for a in artifacts(["sample-queries-per-target", "sample-queries-filter-pass-rates", "sample-queries-sample", "sample-build-stages",
-                        "sample-build-quarantine"]):
+                        "sample-build-quarantine"], result):
         assert key not in str(a.data)
     assert key not in caplog.text
 
