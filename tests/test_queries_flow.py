@@ -12,20 +12,24 @@ from tests.openai_stub import StubServer
 from tests.test_build_flow import make_config, stage_rows
 
 
-def artifacts(keys: list[str], result: dict):
-    """This build's artifacts (other tests build the same sample corpus under the same keys)."""
+def artifacts(keys: list[str], result: dict | None = None):
+    """Artifacts under these keys; with a build's `result`, that build's only (other tests build
+    the same sample corpus under the same keys)."""
     from uuid import UUID
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
-    flow_run = Catalog(result["catalog"]).query("SELECT prefect_flow_run_id FROM runs WHERE run_id = ?",
-                                                [result["run_id"]])["prefect_flow_run_id"][0].as_py()
+    by_run = None
+    if result is not None:
+        flow_run = Catalog(result["catalog"]).query("SELECT prefect_flow_run_id FROM runs WHERE run_id = ?",
+                                                    [result["run_id"]])["prefect_flow_run_id"][0].as_py()
+        by_run = ArtifactFilterFlowRunId(any_=[UUID(flow_run)])
 
     async def fetch():
         async with get_client() as client:
-            return await client.read_artifacts(artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=keys), flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run)])))
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys),
+                                                                              flow_run_id=by_run))
 
     return asyncio.run(fetch())
 
