@@ -36,7 +36,8 @@ class RefreshResult:
     removed_positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
-def _keys(items: pa.Table) -> pa.Array:
+def item_keys(items: pa.Table) -> pa.Array:
+    """What identifies a vector across versions: its kind, item id and content."""
     return pc.binary_join_element_wise(items["item_kind"], items["item_id"],
                                        pc.fill_null(items["content_sha256"], ""), "\x1f")
 
@@ -62,7 +63,7 @@ def refresh_vector_index(name: str, embeddings: pa.Table | Vectors, previous: Ve
     elif previous.type.startswith("ivf") and rows.num_rows > cfg.retrain_growth * previous.manifest["trained_count"]:
         reason = f"{previous.type} trained on {previous.manifest['trained_count']} vectors, now {rows.num_rows}"
     else:
-        now_keys, prev_keys = _keys(rows), _keys(previous.items)
+        now_keys, prev_keys = item_keys(rows), item_keys(previous.items)
         new_mask = pc.invert(pc.is_in(now_keys, value_set=prev_keys)).to_numpy(zero_copy_only=False)
         gone = pc.invert(pc.is_in(prev_keys, value_set=now_keys))
         removed = previous.items["position"].filter(gone).to_numpy()

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.negatives.mine import candidate_batch, judge_lookup, positives_by_query
+from tasks.negatives.mine import candidate_batch, doc_modalities, judge_lookup, positives_by_query
 from tasks.negatives.plan import MiningPlan
 from tasks.negatives.policies import eligible_after
 
@@ -54,8 +54,7 @@ def judge_what_mining_needs(inputs, config, queries: pa.Table, vectors: np.ndarr
         return judgments, report | {"judging": "off (the configured judge is not one of judge_filter.judges)"}
     pos_map = positives_by_query(positives)
     asked: set[tuple[str, str]] = set()
-    doc_modality = (dict(zip(documents["doc_id"].to_pylist(), documents["modality"].to_pylist()))
-                    if documents is not None and cfg.modality.enabled else {})
+    doc_modality = doc_modalities(documents, cfg)
     for round_ in range(MAX_ROUNDS):
         judged = judge_lookup(judgments, jf.judges)
         need = needed_pairs(queries, vectors, pos_map, index, cfg, plan, judged, asked, 2 ** round_, lexical,

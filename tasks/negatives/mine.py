@@ -56,6 +56,13 @@ def positives_by_query(positives: pa.Table) -> dict[str, list[str]]:
     return out
 
 
+def doc_modalities(documents: pa.Table | None, cfg: NegativesConfig) -> dict[str, str]:
+    """doc_id -> modality, built only when the modality policy reads it (a dict of the corpus)."""
+    if documents is None or not cfg.modality.enabled:
+        return {}
+    return dict(zip(documents["doc_id"].to_pylist(), documents["modality"].to_pylist()))
+
+
 def expected_modalities(queries: pa.Table, positives: dict[str, list[str]],
                         doc_modality: dict[str, str]) -> dict[str, str | None]:
     """The modality a query asks for: its target modality, else the modality of its positive."""
@@ -110,16 +117,15 @@ def mine(queries: pa.Table, query_vectors: np.ndarray, positives: pa.Table, inde
     `positives` holds (query_id, doc_id) rows. `max_positives` (most positives of any query) sets
     the default depth; pass the whole job's value when mining a subset so the result equals a
     full run. `prior` (a refresh's tasks.negatives.refresh.Prior) gives the queries whose lists
-    merge with the new vectors instead of a search. A query without any positive is quarantined, as is one whose positives all lack a
-    vector while a margin or C1 needs the positive's score.
+    merge with the new vectors instead of a search. A query without any positive is quarantined,
+    as is one whose positives all lack a vector while a margin or C1 needs the positive's score.
     """
     pos_map = positives_by_query(positives)
     plan = plan_mining(cfg, max_positives if max_positives is not None
                        else max((len(v) for v in pos_map.values()), default=1))
     base_policy = policy_tokens(cfg, plan)
     quarantine = Quarantine(STAGE)
-    doc_modality = (dict(zip(documents["doc_id"].to_pylist(), documents["modality"].to_pylist()))
-                    if documents is not None and cfg.modality.enabled else {})
+    doc_modality = doc_modalities(documents, cfg)
     if cfg.modality.enabled and not doc_modality:
         raise ValueError("negatives.modality needs the documents table (doc_id, modality)")
     expected = expected_modalities(queries, pos_map, doc_modality) if cfg.modality.enabled else {}

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.index.refresh import item_keys
 from tasks.index.vector import VectorIndex
 
 
@@ -27,7 +28,7 @@ def affected_queries(prev_state: pa.Table, prev_candidates: pa.Table, state_now:
     cutoff = dict(zip(prev_state["query_id"].to_pylist(), prev_state["dense_cutoff"].to_pylist()))
     changed = {q for q, h in state_now.items() if prev_hash.get(q) != h}
 
-    now_keys, old_keys = _keys(index.items), _keys(prev_items)
+    now_keys, old_keys = item_keys(index.items), item_keys(prev_items)
     is_added = pc.invert(pc.is_in(now_keys, value_set=old_keys))
     is_removed = pc.invert(pc.is_in(old_keys, value_set=now_keys))
     added_rows = np.flatnonzero(is_added.to_numpy(zero_copy_only=False))
@@ -57,11 +58,6 @@ def affected_queries(prev_state: pa.Table, prev_candidates: pa.Table, state_now:
                       "by_changed_positives": len(by_positive), "by_new_documents": len(by_score),
                       "vectors_added": len(added_rows), "vectors_removed": int(pc.sum(is_removed).as_py() or 0),
                       "queries_merged": len(merge)}
-
-
-def _keys(items: pa.Table) -> pa.Array:
-    return pc.binary_join_element_wise(items["item_kind"], items["item_id"],
-                                       pc.fill_null(items["content_sha256"], ""), "\x1f")
 
 
 ROW_CHUNK = 65_536  # new vectors scored at a time: a large delta never becomes one matrix

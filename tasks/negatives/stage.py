@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from tasks.index.store import input_index, input_lexical
 from tasks.negatives.inputs import load_inputs, resolve_doc_ids
-from tasks.negatives.mine import (expected_modalities, judge_lookup, mine, positives_by_query,
+from tasks.negatives.mine import (doc_modalities, expected_modalities, judge_lookup, mine, positives_by_query,
                                   query_state_hash)
 from tasks.negatives.plan import plan_mining
 from tasks.negatives.refresh import Prior, affected_queries
@@ -96,8 +96,7 @@ class Negatives(Stage):
                                                          plan, judgments, lexical, documents)
 
         # what each query's negatives depend on, to compare with the previous run
-        expected = (expected_modalities(queries, pos_map, dict(zip(documents["doc_id"].to_pylist(),
-                                                                   documents["modality"].to_pylist())))
+        expected = (expected_modalities(queries, pos_map, doc_modalities(documents, cfg))
                     if cfg.modality.enabled else {})
         judged = judge_lookup(judgments, cfg.judge_filter.judges) if judgments is not None else {}
         judged_by_query: dict[str, list] = {}

@@ -103,9 +103,10 @@ class Inputs:
         """Some columns of an input, read in batches and not kept (a narrow view of a large table)."""
         if name not in self:
             return None
-        have = [c for c in columns if c in self.schema(name).names]
+        schema = self.schema(name)
+        have = [c for c in columns if c in schema.names]
         parts = list(self.batches(name, have))
-        return pa.Table.from_batches(parts) if parts else self.schema(name).empty_table().select(have)
+        return pa.Table.from_batches(parts) if parts else schema.empty_table().select(have)
 
     def schema(self, name: str) -> pa.Schema:
         if name in self._tables or self.root is None or name not in self.refs:
