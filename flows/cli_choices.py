@@ -11,7 +11,8 @@ def choices(name: str, *values: str) -> type[Enum]:
 
 Target = choices("Target", "text", "image", "text+image")
 CaptionSource = choices("CaptionSource", "alt_text", "model")
-Backend = choices("Backend", "offline", "hf", "openai", "cross_encoder")
+Backend = choices("Backend", "offline", "hf", "openai", "cross_encoder", "features")
+JudgeKind = choices("JudgeKind", "cross_encoder", "features")
 Pool = choices("Pool", "queries", "imported", "mining")
 Retriever = choices("Retriever", "dense", "bm25", "both")
 ExportKind = choices("ExportKind", "flagembedding", "sentence-transformers", "mbeir", "trec", "parquet")

@@ -1,7 +1,8 @@
 """CLI command for trained judges: `train-judge`.
 
     corpusforge train-judge --labels LABEL_SET_OR_QRELS [--name NAME] [--split all|odd|even]
-                            [--queries TOPICS] [--docs PASSAGES] [--epochs N] [--base-model M] ...
+                            [--queries TOPICS] [--docs PASSAGES] [--kind cross_encoder|features]
+                            [--epochs N] [--base-model M] ...
 """
 
 import json
@@ -10,7 +11,7 @@ import json
 def cmd_train_judge(args) -> int:
     from flows.train_judge import train_judge_flow
 
-    training = {"epochs": args.epochs, "base_model": args.base_model, "learning_rate": args.learning_rate,
+    training = {"kind": args.kind, "epochs": args.epochs, "base_model": args.base_model, "learning_rate": args.learning_rate,
                 "max_length": args.max_length, "freeze_layers": args.freeze_layers, "batch_size": args.batch_size,
                 "seed": args.seed}
     try:
@@ -19,8 +20,9 @@ def cmd_train_judge(args) -> int:
     except (KeyError, LookupError, ValueError, FileNotFoundError) as e:
         raise SystemExit(f"train-judge: {e}") from None
     print(json.dumps(summary, indent=2, default=str))
-    print(f"use it with:  judge: {{backend: cross_encoder, model: {summary['model']}}}  "
-          f"(or corpusforge judge ... --backend cross_encoder --model {summary['model']})")
+    backend = summary.get("kind") or "cross_encoder"
+    print(f"use it with:  judge: {{backend: {backend}, model: {summary['model']}}}  "
+          f"(or corpusforge judge ... --backend {backend} --model {summary['model']})")
     return 0
 
 
@@ -30,7 +32,7 @@ def register(app) -> None:
     import typer
 
     from flows.cli import CatalogOpt, ConfigOpt, ns
-    from flows.cli_choices import Split
+    from flows.cli_choices import JudgeKind, Split
 
     def opt(name: str, help: str, kind=str):
         return Annotated[Optional[kind], typer.Option(name, help=help)]
@@ -45,6 +47,9 @@ def register(app) -> None:
                         queries: opt("--queries", "topics file (qid<TAB>text); default: the catalog's queries") = None,
                         docs: opt("--docs", "passages JSONL/Parquet ({docid, doc} or {id, text}); default: the "
                                   "catalog's documents") = None,
+                        kind: Annotated[Optional[JudgeKind], typer.Option(
+                            "--kind", help="overrides judge.training.kind: cross_encoder (fine-tuned MiniLM) or "
+                            "features (cosine, BM25 and length; trains in a second)")] = None,
                         epochs: opt("--epochs", "overrides judge.training.epochs", float) = None,
                         base_model: opt("--base-model", "overrides judge.training.base_model") = None,
                         learning_rate: opt("--learning-rate", "overrides judge.training.learning_rate", float) = None,
@@ -53,8 +58,9 @@ def register(app) -> None:
                         batch_size: opt("--batch-size", "overrides judge.training.batch_size", int) = None,
                         seed: opt("--seed", "overrides judge.training.seed", int) = None,
                         catalog: CatalogOpt = None, config: ConfigOpt = None) -> int:
-        """Train a cross-encoder judge (grades 0-3) from a label set: human qrels, or an LLM judge's labels."""
+        """Train a judge (grades 0-3) from a label set: human qrels, or an LLM judge's labels."""
         return cmd_train_judge(ns(labels=labels, name=name, split=split.value, queries=queries, docs=docs,
+                                  kind=kind.value if kind else None,
                                   epochs=epochs, base_model=base_model, learning_rate=learning_rate,
                                   max_length=max_length, freeze_layers=freeze_layers, batch_size=batch_size,
                                   seed=seed, catalog=catalog, config=config))

@@ -49,7 +49,8 @@ def train_judge(cfg: BuildConfig, labels: str, name: str | None = None, split: s
     ref = refs[stage.outputs()[0]]
     notes = s["notes"]
     manifest = notes.get("manifest") or run.catalog.meta(ref.name, ref.version).get("manifest", {})
-    return {"model": stage.model_name, "dataset": ref.ref, "trained": notes.get("trained"),
+    return {"model": stage.model_name, "kind": cfg.judge.training.kind, "dataset": ref.ref,
+            "trained": notes.get("trained"),
             "labels": notes.get("labels"), "split": split, "pairs": s["rows_out"],
             "quarantined": s["rows_quarantined"], "seconds": manifest.get("seconds"),
             "train_loss": manifest.get("train_loss"), "steps": manifest.get("steps"), "run_id": run.run_id,

@@ -1,5 +1,5 @@
 """False negatives of hard negative mining on LLMJudge: cosine-only windows and margins against the
-judge filter with a trained cross-encoder judge, at the yield of `top`.
+judge filter with trained judges (a feature judge, a cross-encoder), at the yield of `top`.
 
     .venv/bin/python -m infra.bench.eval_mining_llmjudge [--workdir DIR] [--judge llmjudge-human-odd]
 
@@ -67,7 +67,8 @@ def cosine_only_configs(n: int) -> dict[str, dict]:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", default=str(ROOT / ".corpusforge" / "eval-llmjudge"))
-    ap.add_argument("--judge", default="llmjudge-human-odd", help="a trained judge in the workdir's catalog")
+    ap.add_argument("--judge", default="llmjudge-human-odd-features,llmjudge-human-odd",
+                    help="trained judges in the workdir's catalog, comma-separated (the first is the BENCH line's)")
     ap.add_argument("--negatives", type=int, default=5)
     ap.add_argument("--split", default="even", choices=["even", "odd", "all"], help="the queries mined")
     args = ap.parse_args(argv)
@@ -122,7 +123,8 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(args.workdir)
     base = catalog_config(work / "catalog.duckdb")
     catalog = Catalog(base.catalog_path)
-    if catalog.current(f"judge_models/{args.judge}") is None:
+    names = [j for j in args.judge.split(",") if j and catalog.current(f"judge_models/{j}") is not None]
+    if not names:
         raise SystemExit(f"no trained judge '{args.judge}' in {base.catalog_path}: run "
                          "`python -m infra.bench.eval_judge_llmjudge` first")
     if catalog.current("documents") is None:
@@ -130,8 +132,9 @@ def main(argv: list[str] | None = None) -> dict:
                                       "source_id": d} for t, d in canonical.items()], schema=DOCUMENTS)
         seed(catalog, DataRoot(base.data_root_uri), "documents", docs)
     judged_rows = {}
-    for label, judge in (("judge filter, trained cross-encoder", {"backend": "cross_encoder", "model": args.judge}),
-                         ("judge filter, cosine judge (offline)", {"backend": "offline"})):
+    trained_judges = [(f"judge filter, trained {kind_of(catalog, base, j)} {j}",
+                       {"backend": kind_of(catalog, base, j), "model": j}) for j in names]
+    for label, judge in (*trained_judges, ("judge filter, cosine judge (offline)", {"backend": "offline"})):
         cfg = base.model_copy(update={
             "judge": base.judge.model_copy(update=judge | {"local_below": 10 ** 6}),
             "negatives": NegativesConfig(num_negatives=n, judge_filter={"enabled": True})})
@@ -161,14 +164,22 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"| {label} ({report['pairs_asked']} pairs judged in {report['rounds']} rounds, {secs:.0f}s) | {total} | "
               f"{bad} | {rate:.3f} |")
     print(f"| judge filter, human labels (oracle) | {o_total} | {o_bad} | {o_rate:.3f} |")
-    trained = judged_rows["judge filter, trained cross-encoder"]
+    trained = judged_rows[trained_judges[0][0]]
     print(f"BENCH mining_llmjudge top_fn_rate={rows[0][1]:.4f} best_cosine_fn_rate={best[1] if best else float('nan'):.4f} "
           f"best_cosine={json.dumps(best[0] if best else None).replace(' ', '_')} judge_fn_rate={trained[0]:.4f} "
           f"judge_yield={trained[2]} top_yield={top_yield} "
           f"ratio_judge_vs_best_cosine={trained[0] / best[1] if best and best[1] else float('nan'):.3f} "
           f"cosine_judge_fn_rate={judged_rows['judge filter, cosine judge (offline)'][0]:.4f} "
-          f"oracle_fn_rate={o_rate:.4f} pairs_judged={trained[3]['pairs_asked']} queries={len(qids)}")
+          f"judge={names[0]} oracle_fn_rate={o_rate:.4f} pairs_judged={trained[3]['pairs_asked']} queries={len(qids)}")
     return {"rows": rows, "best": best, "judged": judged_rows, "oracle": o_rate}
+
+
+def kind_of(catalog, cfg, name: str) -> str:
+    """The backend of a trained judge: its manifest's kind (a cross-encoder when it has none)."""
+    from tasks.judge.cross_encoder import read_manifest, resolve_model
+
+    folder, _ = resolve_model(cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"model": name})}))
+    return read_manifest(folder).get("kind") or "cross_encoder"
 
 
 if __name__ == "__main__":

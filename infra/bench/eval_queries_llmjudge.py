@@ -41,7 +41,7 @@ def generate(doc_ids: list[str], texts: list[str], per_target: int, seed: int = 
 def flat_index(vectors: np.ndarray, doc_ids: list[str], space: str):
     """The text index the queries stage would search: one vector per passage, exact (flat)."""
     from schemas.config import IndexConfig
-    from tasks.index.vector import refresh_vector_index
+    from tasks.index.refresh import refresh_vector_index
     from tasks.runtime.ids import text_sha256
 
     vectors = np.ascontiguousarray(vectors, np.float32)

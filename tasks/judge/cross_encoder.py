@@ -25,6 +25,7 @@ GRADES = 4
 MODEL_DIR = "model"  # the CrossEncoder folder inside a judge_models version
 MANIFEST = "corpusforge_judge.json"  # written beside a trained model: what it was trained from
 JUDGE_MODELS = "judge_models/"
+TRAINED = ("cross_encoder", "features")  # the judge backends whose `judge.model` is a trained judge
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,11 @@ def _model_sha(path: str, stamp: tuple) -> str:
     return h.hexdigest()[:12]
 
 
-def judge_identity(model: str, path: str | Path) -> str:
-    """cross-encoder:<model name>@<weights hash>: a retrained model is a different judge."""
-    return f"cross-encoder:{model.rstrip('/').split('/')[-1] if Path(model).exists() else model}@{model_sha(path)}"
+def judge_identity(model: str, path: str | Path, kind: str = "cross_encoder") -> str:
+    """cross-encoder:<model name>@<weights hash> (features:... for a feature judge): a retrained
+    model is a different judge."""
+    name = model.rstrip('/').split('/')[-1] if Path(model).exists() else model
+    return f"{kind.replace('_', '-')}:{name}@{model_sha(path)}"
 
 
 def resolve_model(config) -> tuple[str, object | None]:
@@ -107,6 +110,9 @@ class CrossEncoderGrader:
         if not Path(path).is_dir():
             raise FileNotFoundError(f"no cross-encoder model folder at {path}; train one with "
                                     "`corpusforge train-judge` or set judge.model to a CrossEncoder folder")
+        if read_manifest(path).get("format", "").startswith("corpusforge-features-judge"):
+            raise ValueError(f"the judge model at {path} is a feature judge, not a cross-encoder: use "
+                             "judge.backend: features for it")
         self.path = path
         self.model = CrossEncoder(path, device=device, max_length=max_length, local_files_only=True)
         n = int(getattr(self.model, "num_labels", 0) or self.model.config.num_labels)
@@ -115,6 +121,7 @@ class CrossEncoderGrader:
                              "grade 0-3 (train one from a label set with `corpusforge train-judge`)")
         self.batch_size = batch_size
         self.prior = read_manifest(path).get("prior")  # a trained correction of the cosine judge
+        self.reads_cosine = bool(self.prior)
 
     def p_grade(self, queries: list[str], docs: list[str], cosines=None) -> np.ndarray:
         """(n, 4) probabilities; pairs of similar length share a batch, results in input order. A
@@ -145,8 +152,16 @@ def prior_logp(prior: dict, cosines: np.ndarray) -> np.ndarray:
 
 
 def prior_encoder(path: str | Path):
-    """The text encoder of a model's cosine prior (None when it has no prior)."""
+    """The text encoder whose cosines a trained judge reads: its cosine prior's, or a feature judge's
+    (None when it reads no cosine)."""
     from schemas.config import TextEncoder
 
-    prior = read_manifest(path).get("prior")
-    return TextEncoder.model_validate(prior["encoder"]) if prior else None
+    manifest = read_manifest(path)
+    encoder = (manifest.get("prior") or {}).get("encoder") or manifest.get("encoder")
+    return TextEncoder.model_validate(encoder) if encoder is not None else None
+
+
+def decision_cuts(path: str | Path) -> list[float] | None:
+    """A trained judge's grade cutpoints on the expected grade (tasks.judge.features.decision_cuts);
+    None for a model trained before them, which keeps grade = argmax."""
+    return (read_manifest(path).get("decision") or {}).get("cuts")

@@ -9,6 +9,8 @@
 - `offline`: the embedding-similarity grader of tasks.judge.offline_judge, on cosines the stage
   computed from vectors already in the embed cache when it could (column `cosine`).
 - `cross_encoder`: a four-label CrossEncoder (tasks.judge.cross_encoder): softmax p_grade.
+- `features`: a feature judge (tasks.judge.features): an ordinal model over cosine, BM25, length.
+  A trained judge's grade is the interval of its expected grade (its manifest's cutpoints).
 A judge's identity is model@revision + "#" + prompt hash (+ "+generate" when forced to
 generate and parse; the offline judge: its encoder space + "#" + its parameter hash; the
 cross-encoder: cross-encoder:<model>@<weights hash>).
@@ -23,6 +25,7 @@ import pyarrow as pa
 
 from schemas.config import JudgeConfig
 from schemas.tables import JUDGMENTS
+from tasks.judge.cross_encoder import TRAINED
 from tasks.judge.prompt import parse_grade, render
 from tasks.runtime.ids import fingerprint
 from tasks.runtime.stage import KEY
@@ -48,12 +51,12 @@ def load_template(cfg: JudgeConfig) -> tuple[str, str]:
 def judge_name(cfg: JudgeConfig, prompt_sha: str | None = None, model_path: str | None = None) -> str:
     """model@revision#prompt-hash; the offline judge names its encoder space and parameters, the
     cross-encoder its model and weights."""
-    if cfg.backend == "cross_encoder":
+    if cfg.backend in TRAINED:
         from tasks.judge.cross_encoder import judge_identity
 
         if model_path is None:
-            raise ValueError("a cross-encoder judge's name needs its model folder")
-        return judge_identity(cfg.model, model_path)
+            raise ValueError("a trained judge's name needs its model folder")
+        return judge_identity(cfg.model, model_path, cfg.backend)
     if cfg.backend == "offline":
         from tasks.backends.embedders import text_space
 
@@ -66,8 +69,10 @@ def judge_name(cfg: JudgeConfig, prompt_sha: str | None = None, model_path: str 
     return f"{backend_name(cfg, 'offline')}#{sha[:8]}{how}"
 
 
-def judgment_rows(pairs: pa.Table, judge: str, p: list, statuses: list[str], raw: list) -> pa.Table:
-    """Arrow judgments from per-pair p_grade (None unless scored), status and raw text."""
+def judgment_rows(pairs: pa.Table, judge: str, p: list, statuses: list[str], raw: list,
+                  cuts: list[float] | None = None) -> pa.Table:
+    """Arrow judgments from per-pair p_grade (None unless scored), status and raw text. grade is
+    argmax p_grade, or with a trained judge's `cuts` the interval of the expected grade."""
     grades, expected, plist = [], [], []
     for pi, st in zip(p, statuses):
         if pi is None or st != "ok":
@@ -75,8 +80,9 @@ def judgment_rows(pairs: pa.Table, judge: str, p: list, statuses: list[str], raw
             continue
         pi = np.asarray(pi, np.float64)
         pi = pi / pi.sum()
-        grades.append(int(np.argmax(pi)))
-        expected.append(float(pi @ np.arange(4)))
+        e = float(pi @ np.arange(4))
+        grades.append(int(np.argmax(pi)) if cuts is None else int(np.searchsorted(cuts, e, side="right")))
+        expected.append(e)
         plist.append([float(x) for x in pi])
     return pa.table({
         "query_id": pairs["query_id"], "doc_id": pairs["doc_id"],
@@ -106,6 +112,11 @@ class Judge:
             self.template, sha = None, None
             self.backend = backend or CrossEncoderGrader(model_path, self.device, cfg.cross_encoder.max_length,
                                                          max(cfg.batch_size, 32))
+        elif cfg.backend == "features":
+            from tasks.judge.features import FeatureGrader
+
+            self.template, sha = None, None
+            self.backend = backend or FeatureGrader(model_path)
         else:
             from tasks.backends.registry import build_label_scorer
 
@@ -144,8 +155,8 @@ class Judge:
             return JUDGMENTS.empty_table()
         if self.cfg.backend == "offline":
             return self._offline(pairs)
-        if self.cfg.backend == "cross_encoder":
-            return self._cross_encoder(pairs)
+        if self.cfg.backend in TRAINED:
+            return self._trained(pairs)
         prompts = self.prompts(pairs)
         # similar lengths share a batch (less padding); results come back in the input order
         order = np.argsort([len(p) if isinstance(p, str) else len(json.dumps(p)) for p in prompts], kind="stable")
@@ -170,11 +181,11 @@ class Judge:
         return judgment_rows(pairs, self.name, list(p), ["ok"] * pairs.num_rows,
                              [json.dumps({"cosine": round(float(x), 6)}) for x in s])
 
-    def _cross_encoder(self, pairs: pa.Table) -> pa.Table:
+    def _trained(self, pairs: pa.Table) -> pa.Table:
         queries = pairs["query_text"].to_pylist()
         docs = [(d or "")[: self.cfg.max_doc_chars] for d in pairs["doc_text"].to_pylist()]
         cos = None
-        if getattr(self.backend, "prior", None):  # a correction of the cosine judge reads the cosines too
+        if getattr(self.backend, "reads_cosine", False):  # a correction of the cosine judge reads the cosines too
             from tasks.backends.embedders import local_text_embedder
             from tasks.judge import offline_judge
             from tasks.judge.cross_encoder import prior_encoder

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import tasks.judge.analysis  # noqa: F401 - the SQL views over every label set, in every catalog
 from schemas.config import JudgeConfig
 from schemas.tables import JUDGMENTS
+from tasks.judge.cross_encoder import TRAINED, decision_cuts
 from tasks.judge.pools import units_from_catalog, units_from_files, with_cosines
 from tasks.judge.scoring import OUTPUTS, JudgeWork, judge_name, judgment_rows, load_template
 from tasks.runtime.ids import fingerprint
@@ -68,8 +69,8 @@ class Judge(Stage):
         return self.pool != "queries" or self.cfg.enabled
 
     def model(self):
-        """(model folder, judge_models version or None) of a cross-encoder judge, else (None, None)."""
-        if self.cfg.backend != "cross_encoder":
+        """(model folder, judge_models version or None) of a trained judge, else (None, None)."""
+        if self.cfg.backend not in TRAINED:
             return None, None
         if not hasattr(self, "_model"):
             from tasks.judge.cross_encoder import resolve_model
@@ -95,14 +96,14 @@ class Judge(Stage):
         return tuple(reads)
 
     def prompt_shas(self) -> dict[str, str]:
-        if self.cfg.backend in ("offline", "cross_encoder"):
+        if self.cfg.backend in ("offline", *TRAINED):
             return {}
         return {"judge_graded": load_template(self.cfg)[1]}
 
     def work_fingerprint(self) -> str:
         section = {k: v for k, v in fingerprint_fields(self.cfg).items() if k not in POOL_FIELDS}
         return fingerprint({"judge": section, "prompts": self.prompt_shas(),
-                            "model": self.judge() if self.cfg.backend == "cross_encoder" else None})
+                            "model": self.judge() if self.cfg.backend in TRAINED else None})
 
     def units(self, inputs) -> Units:
         fp = self.work_fingerprint()
@@ -127,10 +128,10 @@ class Judge(Stage):
 
     def cosine_encoder(self):
         """The encoder whose cosines the judge reads: the offline judge's, or the cosine prior of a
-        trained cross-encoder; None when the judge reads no cosine."""
+        trained judge; None when the judge reads no cosine."""
         if self.cfg.backend == "offline":
             return self.cfg.offline.encoder
-        if self.cfg.backend == "cross_encoder":
+        if self.cfg.backend in TRAINED:
             from tasks.judge.cross_encoder import prior_encoder
 
             return prior_encoder(self.model()[0])
@@ -144,8 +145,8 @@ class Judge(Stage):
         if cfg.backend == "offline":
             res = Resources.of(cfg, batch_size=max(cfg.batch_size, 256), uses_gpu=False)
             columns.append("cosine")
-        elif cfg.backend == "cross_encoder":
-            res = Resources.of(cfg, batch_size=max(cfg.batch_size, 64))
+        elif cfg.backend in TRAINED:
+            res = Resources.of(cfg, batch_size=max(cfg.batch_size, 64), uses_gpu=cfg.backend == "cross_encoder")
             args["model_path"] = self.model()[0]
             columns.append("cosine")
         return Work(JudgeWork, args, columns, OUTPUTS, res)
@@ -165,7 +166,8 @@ class Judge(Stage):
             p.append(pg)
             status.append(st)
             raw.append(rw)
-        new = judgment_rows(units.select(["query_id", "doc_id"]), judge, p, status, raw)
+        cuts = decision_cuts(self.model()[0]) if self.cfg.backend in TRAINED else None
+        new = judgment_rows(units.select(["query_id", "doc_id"]), judge, p, status, raw, cuts)
         merged = merge(inputs.previous(name), new, ["query_id", "doc_id"])
         counts = {s: int(np.sum(np.asarray(status) == s)) for s in ("ok", "parse_error", "refused")}
         return Assembled({name: merged}, units[UNIT].to_pylist(), notes={"judge": judge, "statuses": counts})

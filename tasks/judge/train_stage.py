@@ -38,7 +38,7 @@ class TrainJudge(Stage):
     name = "train_judge"
     section = "judge"
     incremental = True
-    description = "a cross-encoder judge (four grades) trained from a label set"
+    description = "a judge (four grades; a cross-encoder or a feature judge) trained from a label set"
 
     def __init__(self, config, **params):
         super().__init__(config, **params)
@@ -136,18 +136,32 @@ class TrainJudge(Stage):
         if units.num_rows == 0:
             raise ValueError(f"no usable training labels in '{self.params['labels']}' for split "
                              f"'{self.params['split']}' (see the quarantine for why each was rejected)")
-        device = self._device()
         folder = Path(tempfile.mkdtemp(prefix="corpusforge-judge-model-"))
-        prior, logp = None, None
-        if self.cfg.training.prior == "cosine":
-            prior, logp = cosine_prior(inputs, units, self.cfg)
-        manifest = train_cross_encoder(units, folder, self.cfg.training, device,
-                                       info={"label_set": source, "split": self.params["split"],
-                                             "name": self.model_name}, prior_logp=logp, prior=prior)
+        info = {"label_set": source, "split": self.params["split"], "name": self.model_name}
+        manifest = self._train(inputs, units, folder, info)
         files = {f"{MODEL_DIR}/{f.relative_to(folder).as_posix()}": str(f) for f in folder.rglob("*") if f.is_file()}
         meta = {"fingerprint": fp, "manifest": manifest, "files": sorted(files)}
         return Assembled({out_name: Output(table, attachments=files, meta=meta, identity=identity)}, produced,
                          model_calls=units.num_rows, notes=notes | {"trained": True, "manifest": manifest})
+
+    def _train(self, inputs, units: pa.Table, folder: Path, info: dict) -> dict:
+        """Train the configured kind of judge into `folder`; returns its manifest. Either way the
+        manifest carries the grade cutpoints fitted on the training pairs (tasks.judge.features)."""
+        training = self.cfg.training
+        if training.kind == "features":
+            from tasks.judge.features import train_features
+
+            o = self.cfg.offline
+            cos = _cosines(inputs, units, o.encoder)
+            _, dtext = self._texts(inputs)  # the corpus the BM25 statistics are frozen from
+            return train_features(units, cos, list(dtext.values()), folder, o.encoder.model_dump(mode="json"),
+                                  info | {"kind": "features"})
+        cos = _cosines(inputs, units, self.cfg.offline.encoder) if training.prior == "cosine" else None
+        prior, logp = cosine_prior(cos, self.cfg) if cos is not None else (None, None)
+        device = self._device()
+        manifest = train_cross_encoder(units, folder, training, device, info=info | {"kind": "cross_encoder"},
+                                       prior_logp=logp, prior=prior)
+        return with_decision(folder, units, manifest, device, self.cfg, cos)
 
     def _device(self) -> str:
         want = self.cfg.training.device
@@ -164,23 +178,47 @@ class TrainJudge(Stage):
         m = n.get("manifest") or {}
         run_logger().info("train_judge %s: %d pairs from %s (%s split), %s", n.get("model"), n.get("pairs", 0),
                           n.get("labels"), n.get("split"),
-                          f"trained in {m.get('seconds')}s, loss {m.get('train_loss'):.4f}" if n.get("trained")
+                          f"trained in {m.get('seconds')}s" + (f", loss {m['train_loss']:.4f}" if m.get("train_loss")
+                                                               is not None else "") if n.get("trained")
                           else "unchanged (same labels and settings)")
 
 
-def cosine_prior(inputs, units: pa.Table, cfg) -> tuple[dict, "np.ndarray"]:
-    """The offline cosine judge's log p_grade on the training pairs (cosines from the embed cache),
-    and its description, which the trained judge keeps to apply the same prior when it grades."""
+def _cosines(inputs, units: pa.Table, encoder) -> "np.ndarray":
+    """The training pairs' cosines under `encoder` (from the embed cache where it has them)."""
+    from tasks.judge.pools import with_cosines
+
+    table = units.append_column("cosine", pa.nulls(units.num_rows, pa.float32())) if "cosine" not in \
+        units.column_names else units
+    return with_cosines(inputs, table, encoder)["cosine"].to_numpy(zero_copy_only=False)
+
+
+def with_decision(folder: Path, units: pa.Table, manifest: dict, device: str, cfg, cosines) -> dict:
+    """Grade the training pairs with the trained cross-encoder and store the grade cutpoints that
+    give them the training labels' distribution (argmax p_grade rarely picks a middle grade)."""
+    import json
+
+    import numpy as np
+
+    from tasks.judge.cross_encoder import MANIFEST, CrossEncoderGrader
+    from tasks.judge.features import decision_cuts, expected_grade
+
+    grader = CrossEncoderGrader(str(folder), device, cfg.training.max_length, max(cfg.batch_size, 32))
+    docs = [(d or "")[: cfg.max_doc_chars] for d in units["doc_text"].to_pylist()]
+    p = grader.p_grade(units["query_text"].to_pylist(), docs, cosines)
+    manifest = manifest | {"decision": {"cuts": decision_cuts(expected_grade(p), units["grade"].to_numpy())}}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return manifest
+
+
+def cosine_prior(cos, cfg) -> tuple[dict, "np.ndarray"]:
+    """The offline cosine judge's log p_grade on the training pairs' cosines, and its description,
+    which the trained judge keeps to apply the same prior when it grades."""
     import numpy as np
 
     from tasks.backends.embedders import text_space
     from tasks.judge.offline_judge import grade_probabilities
-    from tasks.judge.pools import with_cosines
 
     o = cfg.offline
-    table = units.append_column("cosine", pa.nulls(units.num_rows, pa.float32())) if "cosine" not in \
-        units.column_names else units
-    cos = with_cosines(inputs, table, o.encoder)["cosine"].to_numpy(zero_copy_only=False)
     prior = {"kind": "offline-cosine", "encoder": o.encoder.model_dump(mode="json"), "space": text_space(o.encoder),
              "thresholds": list(o.thresholds), "temperature": o.temperature}
     return prior, np.log(np.clip(grade_probabilities(cos, o.thresholds, o.temperature), 1e-6, 1.0))
