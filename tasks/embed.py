@@ -79,7 +79,8 @@ class _Embed(Stage):
         raise NotImplementedError
 
     def item_batches(self, inputs):
-        """The items to embed, in batches (each with item_id, item_kind, doc_id, content_sha256, ...)."""
+        """The items to embed, in batches (item_id, item_kind, doc_id, content_sha256, ...; document items
+        may leave content_sha256 out: units() derives it, hashing only texts the current version lacks)."""
         raise NotImplementedError
 
     def output_mode(self, name: str):
@@ -104,6 +105,8 @@ class _Embed(Stage):
             items = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
             if items.num_rows == 0:
                 continue
+            if "content_sha256" not in items.column_names:
+                items = self._with_document_sha(db, items)
             db.register("chunk", items.select(["item_kind", "item_id", "content_sha256"]))
             db.execute("INSERT INTO seen SELECT * FROM chunk")
             kept = 0
@@ -121,6 +124,24 @@ class _Embed(Stage):
             db.unregister("chunk")
             keys = pa.array([cache_key(c, fp) for c in items["content_sha256"].to_pylist()], pa.string())
             yield Units(items.append_column(UNIT, items["item_id"]).append_column(KEY, keys), kept=kept)
+
+    def _with_document_sha(self, db, items: pa.Table) -> pa.Table:
+        """content_sha256 of document items: a doc_id is the address of its content, so a document the
+        current version holds keeps its sha from there and only new texts are hashed (a refresh
+        of a large corpus hashes its delta, not every text again)."""
+        sha = pa.nulls(items.num_rows, pa.string())
+        if self._prev:
+            db.register("chunk_ids", items.select(["item_id"]))
+            known = db.sql("SELECT item_id, any_value(content_sha256) AS sha FROM prev WHERE item_kind = 'document' "
+                           "AND item_id IN (SELECT item_id FROM chunk_ids) GROUP BY item_id").to_arrow_table()
+            db.unregister("chunk_ids")
+            sha = known["sha"].take(pc.index_in(items["item_id"], value_set=known["item_id"]))
+            sha = sha.combine_chunks() if isinstance(sha, pa.ChunkedArray) else sha
+        missing = pc.is_null(sha)
+        todo = items["text"].filter(missing).to_pylist()
+        if todo:
+            sha = pc.replace_with_mask(sha, missing, pa.array([text_sha256(t) for t in todo], pa.string()))
+        return items.append_column("content_sha256", sha)
 
     def finish(self, inputs) -> dict:
         db = getattr(self, "_db", None)
@@ -189,8 +210,8 @@ class EmbedText(_Embed):
                                     batch_size=CHUNK_ROWS):
             docs = pa.Table.from_batches([batch])
             docs = docs.filter(pc.is_valid(docs["text"]))
-            yield _with_sha(pa.table({"item_id": docs["doc_id"], "item_kind": _const("document", docs.num_rows),
-                                      "doc_id": docs["doc_id"], "text": docs["text"]}))
+            yield pa.table({"item_id": docs["doc_id"], "item_kind": _const("document", docs.num_rows),
+                            "doc_id": docs["doc_id"], "text": docs["text"]})  # units() adds the content sha
         if "captions" in inputs:
             for batch in inputs.batches("captions", ["caption_id", "doc_id", "text"], batch_size=CHUNK_ROWS):
                 caps = pa.Table.from_batches([batch])

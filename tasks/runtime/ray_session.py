@@ -42,7 +42,6 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         with without_secrets(), _loopback_node(os.environ.get("CORPUSFORGE_RAY_NODE_IP", "127.0.0.1")) as ip:
             ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=_local_gpus(), _node_ip_address=ip, **kwargs)
     try:
-        _quiet_ray_data()
         yield
     finally:
         ray.shutdown()
@@ -106,6 +105,10 @@ def _reachable(address: str, timeout_s: float = 5.0) -> None:
 
 
 def _local_gpus() -> int:
+    """CUDA devices torch can use here. torch's import (about 2 s) is skipped on a machine with no
+    NVIDIA driver, where the answer is 0 whatever torch says."""
+    if not _nvidia_driver():
+        return 0
     try:
         import torch
 
@@ -114,7 +117,23 @@ def _local_gpus() -> int:
         return 0
 
 
+def _nvidia_driver() -> bool:
+    """Whether this machine could have a CUDA device: on Linux an NVIDIA driver (or WSL's GPU
+    device) is loaded; macOS never has one; elsewhere ask torch."""
+    import sys
+
+    if sys.platform == "darwin":
+        return False
+    if not sys.platform.startswith("linux"):
+        return True
+    gpus = "/proc/driver/nvidia/gpus"
+    return (os.path.isdir(gpus) and bool(os.listdir(gpus))) or any(
+        os.path.exists(p) for p in ("/dev/nvidia0", "/dev/nvidiactl", "/dev/dxg"))
+
+
 def _quiet_ray_data() -> None:
+    """Ray Data without its progress bars and start-up banner (ours report progress); called where
+    a stage first builds a Ray Data pipeline, so a run that never does never imports it."""
     from ray.data import DataContext
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)
