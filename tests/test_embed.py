@@ -162,3 +162,46 @@ def test_gpu_is_requested_only_when_present_and_cuda_without_one_fails_fast(ray_
     assert gpus_for("cpu", "embed_text") == 0.0
     with pytest.raises(ResourceUnavailable, match="device: cuda .* has 0 GPUs"):
         gpus_for("cuda", "embed_text")
+
+
+def test_a_stored_refresh_embeds_only_new_documents_and_keeps_every_content_hash(tmp_path, tiny_sentence_model):
+    """On a refresh, a document the current version embedded keeps its vector and its content hash
+    (taken from that version, not recomputed); only new texts are hashed and embedded, and an edited
+    document (a new doc_id) is re-embedded while its old row is deleted."""
+    import json
+
+    from tasks.ingest.stage import Ingest
+    from tasks.runtime.catalog import Catalog
+    from tasks.runtime.ids import text_sha256
+    from tasks.runtime.publish import read
+    from tests.stages import run_one
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+
+    def manifest(texts):
+        (root / "docs.jsonl").write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n"
+                                                 for i, t in enumerate(texts)))
+
+    texts = [f"Note {i}: the harbour crane lifts container {i}." for i in range(8)]
+    manifest(texts)
+    cfg = config_from_dict({"name": "refresh", "workdir": str(tmp_path / "work"),
+                            "corpus": {"root": str(root), "sources": [{"kind": "manifest", "path": "docs.jsonl"}]},
+                            "embed": {"text": {"model": tiny_sentence_model}, "local_below": 1000}})
+
+    def build():
+        refs, _ = run_one(cfg, Ingest(cfg))
+        refs, summary = run_one(cfg, EmbedText(cfg), refs)
+        cat = Catalog(cfg.catalog_path)
+        return read(cat, cat.data_root(), "embeddings/text"), read(cat, cat.data_root(), "documents"), summary
+
+    first, _, s1 = build()
+    assert s1["model_calls"] == 8
+    manifest(texts[:5] + ["An edited note about the crane."] + texts[6:] + ["A kite above the dunes."])
+    second, docs, s2 = build()
+    assert (s2["rows_in"], s2["model_calls"], s2["cache_hits"], s2["notes"]["deleted"]) == (9, 2, 7, 1)
+    text_of = dict(zip(docs["doc_id"].to_pylist(), docs["text"].to_pylist()))
+    assert sorted(second["item_id"].to_pylist()) == sorted(text_of)  # the edited note's old row is gone
+    assert second["content_sha256"].to_pylist() == [text_sha256(text_of[i]) for i in second["item_id"].to_pylist()]
+    kept = {r["item_id"]: r["vector"] for r in first.to_pylist()}
+    assert all(r["vector"] == kept[r["item_id"]] for r in second.to_pylist() if r["item_id"] in kept)
