@@ -43,9 +43,7 @@ def text_items(documents: pa.Table, captions: pa.Table | None = None) -> pa.Tabl
         parts.append(pa.table({"item_id": captions["caption_id"],
                                "item_kind": pa.array(["caption"] * captions.num_rows, pa.string()),
                                "doc_id": captions["doc_id"], "text": captions["text"]}))
-    items = pa.concat_tables(parts)
-    return items.append_column("content_sha256", pa.array([text_sha256(t) for t in items["text"].to_pylist()],
-                                                          pa.string()))
+    return _with_sha(pa.concat_tables(parts))
 
 
 def image_items(documents: pa.Table) -> pa.Table:
@@ -135,8 +133,7 @@ class _Embed(Stage):
             known = db.sql("SELECT item_id, any_value(content_sha256) AS sha FROM prev WHERE item_kind = 'document' "
                            "AND item_id IN (SELECT item_id FROM chunk_ids) GROUP BY item_id").to_arrow_table()
             db.unregister("chunk_ids")
-            sha = known["sha"].take(pc.index_in(items["item_id"], value_set=known["item_id"]))
-            sha = sha.combine_chunks() if isinstance(sha, pa.ChunkedArray) else sha
+            sha = known["sha"].combine_chunks().take(pc.index_in(items["item_id"], value_set=known["item_id"]))
         missing = pc.is_null(sha)
         todo = items["text"].filter(missing).to_pylist()
         if todo:

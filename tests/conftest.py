@@ -38,12 +38,12 @@ def ray_local():
     """One local Ray for the whole session (start-up costs 3-5 s and ~1 GB)."""
     import ray
 
-    from tasks.runtime.ray_session import _quiet_ray_data
+    from tasks.runtime.ray_session import quiet_ray_data
 
     if not ray.is_initialized():
         ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
                  configure_logging=False, _node_ip_address="127.0.0.1")
-    _quiet_ray_data()
+    quiet_ray_data()
     yield ray
     ray.shutdown()
 

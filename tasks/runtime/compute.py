@@ -201,9 +201,9 @@ def _on_ray(stage, work: Work, todo, args_json, schema, on_batch, writer=None) -
     import ray.data
     from ray.data import ActorPoolStrategy
 
-    from tasks.runtime.ray_session import _quiet_ray_data, gpus_for, torch_device
+    from tasks.runtime.ray_session import gpus_for, quiet_ray_data, torch_device
 
-    _quiet_ray_data()
+    quiet_ray_data()
     res = work.resources
     num_gpus = gpus_for(res.device, stage, res.gpus_per_actor) if res.uses_gpu else 0.0
     rows = res.batch_size * ROWS_PER_TASK

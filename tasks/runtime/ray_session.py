@@ -131,7 +131,7 @@ def _nvidia_driver() -> bool:
         os.path.exists(p) for p in ("/dev/nvidia0", "/dev/nvidiactl", "/dev/dxg"))
 
 
-def _quiet_ray_data() -> None:
+def quiet_ray_data() -> None:
     """Ray Data without its progress bars and start-up banner (ours report progress); called where
     a stage first builds a Ray Data pipeline, so a run that never does never imports it."""
     from ray.data import DataContext
