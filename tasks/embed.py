@@ -133,7 +133,7 @@ class _Embed(Stage):
             known = db.sql("SELECT item_id, any_value(content_sha256) AS sha FROM prev WHERE item_kind = 'document' "
                            "AND item_id IN (SELECT item_id FROM chunk_ids) GROUP BY item_id").to_arrow_table()
             db.unregister("chunk_ids")
-            sha = known["sha"].combine_chunks().take(pc.index_in(items["item_id"], value_set=known["item_id"]))
+            sha = known["sha"].take(pc.index_in(items["item_id"], value_set=known["item_id"])).combine_chunks()
         missing = pc.is_null(sha)
         todo = items["text"].filter(missing).to_pylist()
         if todo:
