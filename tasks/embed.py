@@ -99,16 +99,24 @@ class _Embed(Stage):
             db.register("prev_in", reader)
             db.execute("CREATE TABLE prev AS SELECT * FROM prev_in")
             db.unregister("prev_in")
+            # this space's document vectors, by doc id: what a chunk of documents is looked up in
+            db.execute("CREATE TABLE prev_docs AS SELECT item_id, any_value(content_sha256) AS sha FROM prev "
+                       "WHERE item_kind = 'document' AND space = ? GROUP BY item_id", [self.space()])
         for batch in self.item_batches(inputs):
             items = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
             if items.num_rows == 0:
                 continue
+            held = None
             if "content_sha256" not in items.column_names:
-                items = self._with_document_sha(db, items)
+                items, held = self._with_document_sha(db, items)
             db.register("chunk", items.select(["item_kind", "item_id", "content_sha256"]))
             db.execute("INSERT INTO seen SELECT * FROM chunk")
             kept = 0
-            if self._prev:
+            if held is not None:  # documents: a vector of this space for the doc id is one for its text
+                kept = int(held.sum())
+                if kept:
+                    items = items.filter(pa.array(~held))
+            elif self._prev:
                 done = db.sql("SELECT item_kind, item_id, content_sha256 FROM chunk SEMI JOIN "
                               "(SELECT * FROM prev WHERE space = $space) USING (item_kind, item_id, content_sha256)",
                               params={"space": self.space()}).to_arrow_table()
@@ -123,22 +131,23 @@ class _Embed(Stage):
             keys = pa.array([cache_key(c, fp) for c in items["content_sha256"].to_pylist()], pa.string())
             yield Units(items.append_column(UNIT, items["item_id"]).append_column(KEY, keys), kept=kept)
 
-    def _with_document_sha(self, db, items: pa.Table) -> pa.Table:
-        """content_sha256 of document items: a doc_id is the address of its content, so a document the
-        current version holds keeps its sha from there and only new texts are hashed (a refresh
-        of a large corpus hashes its delta, not every text again)."""
+    def _with_document_sha(self, db, items: pa.Table) -> tuple[pa.Table, np.ndarray]:
+        """content_sha256 of document items, and which of them the previous version already holds in
+        this space. A doc_id is the address of its content, so a held document keeps its sha from
+        there and only new texts are hashed: a refresh of a large corpus hashes its delta, and
+        looks each chunk up once in a table of this space's documents only."""
         sha = pa.nulls(items.num_rows, pa.string())
         if self._prev:
             db.register("chunk_ids", items.select(["item_id"]))
-            known = db.sql("SELECT item_id, any_value(content_sha256) AS sha FROM prev WHERE item_kind = 'document' "
-                           "AND item_id IN (SELECT item_id FROM chunk_ids) GROUP BY item_id").to_arrow_table()
+            known = db.sql("SELECT item_id, sha FROM prev_docs SEMI JOIN chunk_ids USING (item_id)").to_arrow_table()
             db.unregister("chunk_ids")
             sha = known["sha"].take(pc.index_in(items["item_id"], value_set=known["item_id"])).combine_chunks()
         missing = pc.is_null(sha)
+        held = ~missing.to_numpy(zero_copy_only=False)
         todo = items["text"].filter(missing).to_pylist()
         if todo:
             sha = pc.replace_with_mask(sha, missing, pa.array([text_sha256(t) for t in todo], pa.string()))
-        return items.append_column("content_sha256", sha)
+        return items.append_column("content_sha256", sha), held
 
     def finish(self, inputs) -> dict:
         db = getattr(self, "_db", None)

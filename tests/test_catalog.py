@@ -256,6 +256,31 @@ def test_a_path_already_under_the_root_is_not_nested_again(tmp_path, monkeypatch
     assert root.path(root.relative(full)) == full
 
 
+@pytest.mark.parametrize("take_below", [0.25, 0.0], ids=["reads-matched-rows", "scans-the-version"])
+def test_an_upsert_replaces_changed_rows_keeps_identical_ones_and_adds_new(store, monkeypatch, take_below):
+    """An upsert hashes only the current rows its keys match (or, past TAKE_BELOW, scans them all):
+    either way a changed row is replaced, an identical one is kept where it is, a new key is added
+    and a key it does not bring is left alone."""
+    from tasks.runtime import publish as publish_module
+    from tasks.runtime import versions
+
+    monkeypatch.setattr(publish_module, "TAKE_BELOW", take_below)
+    cat, root = store
+    first = publish(cat, root, "documents", docs(*[f"text {i}" for i in range(40)])).dataset
+    rows = docs(*[f"text {i}" for i in range(40)]).to_pylist()
+    rows[3]["text"] = "text 3, edited"
+    brought = [rows[3], rows[7]] + [{"doc_id": f"{99:032x}", "modality": "text", "text": "new", "source": "test"}]
+    second = publish(cat, root, "documents", Output(pa.Table.from_pylist(brought, schema=DOCUMENTS), mode="upsert",
+                                                    upsert_keys=["doc_id"])).dataset
+    got = {r["doc_id"]: r["text"] for r in read(cat, root, "documents").to_pylist()}
+    expected = {r["doc_id"]: r["text"] for r in rows} | {f"{99:032x}": "new"}
+    assert got == expected and second.row_count == 41
+    ds = versions.open_dataset(root.absolute(second.path), second.table_version)
+    assert ds.count_rows() - versions.open_dataset(root.absolute(first.path), first.table_version).count_rows() == 1
+    # only the edited row and the new one were written: one deletion, two rows appended
+    assert sum(f.count_rows() for f in ds.get_fragments()) == 41 and len(ds.get_fragments()) == 2
+
+
 def test_wide_rows_make_smaller_shards_and_a_refresh_shares_them(store):
     """Shards are bounded in bytes as well as rows (what staging and validating one costs the
     driver does not grow with the row width); an upsert that adds rows writes new shards only."""

@@ -173,3 +173,26 @@ def test_resource_fields_never_change_a_fingerprint(cls, tmp_path):
 
 def _section(stage):
     return stage.cfg if stage.cfg is not None else stage.config.flow
+
+
+def test_the_work_cache_finds_keys_across_shards_and_reads_values_only_where_they_are(tmp_path):
+    """Lookups read the key column of every shard and the values of the shards holding a hit only;
+    whichever shards hold them, every cached key comes back once with its own value."""
+    import pyarrow.parquet as pq
+
+    from tasks.runtime.cache import WorkCache
+    from tasks.runtime.storage import DataRoot
+
+    cache = WorkCache(DataRoot(str(tmp_path)), "embed_text", "fp")
+    for s in range(4):
+        cache.append(pa.table({KEY: [f"k{s}-{i}" for i in range(50)], "value": [s * 100 + i for i in range(50)]}))
+    cache.append(pa.table({KEY: ["k1-3"], "value": [103]}))  # a resumed run wrote a key twice
+    wanted = ["k1-3", "k3-49", "nope", "k1-7"]
+    got = cache.lookup_table(wanted, ["value"])
+    assert sorted(zip(got[KEY].to_pylist(), got["value"].to_pylist())) == [("k1-3", 103), ("k1-7", 107), ("k3-49", 349)]
+    hit, missing = cache.lookup(wanted)
+    assert missing == {"nope"} and sorted(hit[KEY].to_pylist()) == ["k1-3", "k1-7", "k3-49"]
+    assert cache.known(wanted) == {"k1-3", "k1-7", "k3-49"}
+    none = cache.lookup_table(["absent"], ["value"])
+    assert none.num_rows == 0 and none.column_names == [KEY, "value"]
+    assert len(cache._shards()) == 5 and all(pq.read_metadata(p).num_rows for p in cache._shards())

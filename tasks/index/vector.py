@@ -70,7 +70,8 @@ class VectorIndex:
     item_doc: np.ndarray = field(init=False)  # item row -> position in docs
 
     def __post_init__(self) -> None:
-        self.items = self.items.sort_by("position") if self.items.num_rows else self.items
+        if self.items.num_rows and not _ascending(self.items["position"]):  # stored in order: no sort
+            self.items = self.items.sort_by("position")
         self._map()
 
     def _map(self) -> None:
@@ -300,6 +301,11 @@ class VectorIndex:
             t["local"] = local_path(t["dir"], t["file"])
             manifest["template"] = t
         return cls(manifest["name"], segments, items.select(["position"] + ITEM_COLUMNS), manifest)
+
+
+def _ascending(column: pa.ChunkedArray) -> bool:
+    pos = column.to_numpy()
+    return bool(np.all(pos[1:] > pos[:-1]))
 
 
 def _excluding(manifest: dict, local_ids: np.ndarray):

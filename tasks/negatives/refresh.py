@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.index.refresh import item_keys
+from tasks.index.refresh import diff_items
 from tasks.index.vector import VectorIndex
 
 
@@ -28,12 +28,10 @@ def affected_queries(prev_state: pa.Table, prev_candidates: pa.Table, state_now:
     cutoff = dict(zip(prev_state["query_id"].to_pylist(), prev_state["dense_cutoff"].to_pylist()))
     changed = {q for q, h in state_now.items() if prev_hash.get(q) != h}
 
-    now_keys, old_keys = item_keys(index.items), item_keys(prev_items)
-    is_added = pc.invert(pc.is_in(now_keys, value_set=old_keys))
-    is_removed = pc.invert(pc.is_in(old_keys, value_set=now_keys))
-    added_rows = np.flatnonzero(is_added.to_numpy(zero_copy_only=False))
-    lost_docs = set(prev_items["doc_id"].filter(is_removed).to_pylist())
-    touched_docs = set(index.items["doc_id"].filter(is_added).to_pylist()) | lost_docs
+    is_added, is_removed = diff_items(index.items, prev_items)
+    added_rows = np.flatnonzero(is_added)
+    lost_docs = set(prev_items["doc_id"].filter(pa.array(is_removed)).to_pylist())
+    touched_docs = set(index.items["doc_id"].filter(pa.array(is_added)).to_pylist()) | lost_docs
     by_lost = set()
     if lost_docs:
         hit = pc.is_in(prev_candidates["doc_id"], value_set=pa.array(sorted(lost_docs), pa.string()))
@@ -56,7 +54,7 @@ def affected_queries(prev_state: pa.Table, prev_candidates: pa.Table, state_now:
     merge = {q for q in by_score - changed - by_lost - by_positive if full.get(q)}
     return affected, merge, added_rows, {"new_or_changed_queries": len(changed), "by_removed_documents": len(by_lost),
                       "by_changed_positives": len(by_positive), "by_new_documents": len(by_score),
-                      "vectors_added": len(added_rows), "vectors_removed": int(pc.sum(is_removed).as_py() or 0),
+                      "vectors_added": len(added_rows), "vectors_removed": int(is_removed.sum()),
                       "queries_merged": len(merge)}
 
 

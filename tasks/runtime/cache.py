@@ -37,8 +37,7 @@ class WorkCache:
             return None
         wanted = keys if isinstance(keys, (pa.Array, pa.ChunkedArray)) else pa.array(list(keys), pa.string())
         try:
-            ds = pads.dataset(shards, filesystem=self.root.fs, format="parquet")
-            return ds.to_table(columns=columns, filter=pc.field(KEY).isin(wanted))
+            return self._read(shards, wanted, columns)
         except (OSError, pa.ArrowInvalid) as e:  # a damaged shard is work to redo, not a failed run
             log.warning("cache %s unreadable as a whole (%s); reading shard by shard", self.dir, e)
             parts = []
@@ -49,6 +48,19 @@ class WorkCache:
                 except (OSError, pa.ArrowInvalid) as err:
                     log.warning("ignoring unreadable cache shard %s (%s)", p, err)
             return pa.concat_tables(parts, promote_options="default") if parts else None
+
+    def _read(self, shards: list[str], wanted: pa.Array, columns: list[str] | None) -> pa.Table:
+        """The rows of `wanted` keys: the key column of every shard first, then the other columns
+        from the shards that hold a hit only (a few queries' vectors are not a scan of a corpus')."""
+        filt = pc.field(KEY).isin(wanted)
+        ds = pads.dataset(shards, filesystem=self.root.fs, format="parquet")
+        if columns == [KEY]:
+            return ds.to_table(columns=columns, filter=filt)
+        holding = sorted({b.fragment.path for b in ds.scanner(columns=[KEY], filter=filt).scan_batches()
+                          if b.record_batch.num_rows})
+        if not holding:
+            return ds.schema.empty_table().select(columns) if columns else ds.schema.empty_table()
+        return pads.dataset(holding, filesystem=self.root.fs, format="parquet").to_table(columns=columns, filter=filt)
 
     def known(self, keys) -> set[str]:
         """The keys among `keys` that already have a result."""

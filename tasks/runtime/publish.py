@@ -195,8 +195,14 @@ def _hash(columns: list[str]) -> str:
     return "hash(" + ", ".join(quote_ident(c) for c in columns) + ")"
 
 
+TAKE_BELOW = 0.25  # an upsert matching more of the current rows than this reads them in one scan
+
+
 def _plan(con, name: str, schema: pa.Schema, cur_ds, mode: str, out: Output) -> list[int]:
-    """Create the relation `added` (rows to append) and return the row addresses to delete."""
+    """Create the relation `added` (rows to append) and return the row addresses to delete.
+
+    A delta or an upsert reads only the current version's key columns, and an upsert then hashes
+    only the rows its keys can match: a small refresh of a large dataset costs what it brings."""
     keys = keys_for(name)
     k = ", ".join(quote_ident(c) for c in keys)
     cols = schema.names
@@ -204,11 +210,15 @@ def _plan(con, name: str, schema: pa.Schema, cur_ds, mode: str, out: Output) -> 
     if cur_ds is None:
         con.execute("CREATE TEMP VIEW added AS SELECT * FROM src")
         return []
-    reader = cur_ds.scanner(columns=cols, with_row_address=True,
-                            batch_size=min(65_536, versions.shard_rows(cur_ds.schema))).to_reader()
-    con.register("cur_rows", reader)
+    batch = min(65_536, versions.shard_rows(cur_ds.schema))
+    upsert = list(out.upsert_keys or keys)
+    u = ", ".join(quote_ident(c) for c in upsert)
+    if mode in ("delta", "upsert"):
+        key_cols = list(dict.fromkeys(keys + (upsert if mode == "upsert" else [])))
+        con.register("cur_keys", cur_ds.scanner(columns=key_cols, with_row_address=True, batch_size=batch).to_reader())
+        con.execute(f"CREATE TEMP TABLE cur_k AS SELECT _rowaddr, {', '.join(quote_ident(c) for c in key_cols)} "
+                    "FROM cur_keys")
     if mode == "delta":
-        con.execute(f"CREATE TEMP TABLE cur_k AS SELECT _rowaddr, {k} FROM cur_rows")
         gone = pa.array(out.deleted, pa.uint64())
         con.register("gone", pa.table({"_rowaddr": gone}))
         clash = con.execute(f"SELECT count(*) FROM (SELECT {k} FROM cur_k ANTI JOIN gone USING (_rowaddr)) "
@@ -219,12 +229,13 @@ def _plan(con, name: str, schema: pa.Schema, cur_ds, mode: str, out: Output) -> 
                 "unexpected_sample": [], "detail": f"{clash} appended rows repeat a key already in {name}"}]))
         con.execute("CREATE TEMP VIEW added AS SELECT * FROM src")
         return list(out.deleted)
+    con.register("cur_rows", _current_rows(con, cur_ds, cols, k, u, batch) if mode == "upsert" else
+                 cur_ds.scanner(columns=cols, with_row_address=True, batch_size=batch).to_reader())
     con.execute(f"CREATE TEMP TABLE cur_h AS SELECT _rowaddr, {k}, {_hash(cols)} AS __h FROM cur_rows")
     con.execute(f"CREATE TEMP TABLE src_h AS SELECT {k}, {_hash(cols)} AS __h FROM src")
     con.execute(f"CREATE TEMP VIEW added AS SELECT * EXCLUDE (__h) FROM (SELECT *, {_hash(cols)} AS __h FROM src) "
                 f"ANTI JOIN cur_h USING ({k}, __h)")
     if mode == "upsert":  # rows of the same key are replaced; `deleted` names rows that are gone
-        u = ", ".join(quote_ident(c) for c in (out.upsert_keys or keys))
         sql = (f"SELECT _rowaddr FROM (SELECT * FROM cur_h SEMI JOIN src_h USING ({u})) "
                f"ANTI JOIN src_h USING ({k}, __h)")
         if out.deleted:
@@ -233,6 +244,23 @@ def _plan(con, name: str, schema: pa.Schema, cur_ds, mode: str, out: Output) -> 
     else:
         sql = f"SELECT _rowaddr FROM cur_h ANTI JOIN src_h USING ({k}, __h)"
     return con.execute(sql).fetchnumpy()["_rowaddr"].tolist()
+
+
+def _current_rows(con, cur_ds, cols: list[str], k: str, u: str, batch: int) -> pa.RecordBatchReader:
+    """The current rows an upsert's new rows can match (same natural or upsert key), streamed by row
+    address; all of them in one scan when that is most of the version."""
+    addrs = con.execute(f"SELECT _rowaddr FROM cur_k SEMI JOIN src USING ({k}) UNION "
+                        f"SELECT _rowaddr FROM cur_k SEMI JOIN src USING ({u}) ORDER BY 1").fetchnumpy()["_rowaddr"]
+    if len(addrs) > TAKE_BELOW * cur_ds.count_rows():
+        return cur_ds.scanner(columns=cols, with_row_address=True, batch_size=batch).to_reader()
+    schema = pa.schema([cur_ds.schema.field(c) for c in cols] + [pa.field("_rowaddr", pa.uint64())])
+
+    def taken():
+        for start in range(0, len(addrs), batch):
+            t = cur_ds._take_rows(addrs[start:start + batch].tolist(), columns=cols + ["_rowaddr"])
+            yield from t.cast(schema).to_batches()
+
+    return pa.RecordBatchReader.from_batches(schema, taken())
 
 
 def _unique(con, name: str, keys: list[str], relation: str) -> None:
