@@ -9,7 +9,8 @@ Synthetic text documents go through ingest -> embed -> index (flat, no BM25) -> 
 BERT with MiniLM's tokenizer, a Dense layer to 384-d, sequence length 32), so that the data
 plane, not the model, is measured. Each build runs as its own `corpusforge build` process, so
 its peak RSS (ru_maxrss) is the driver's alone; Ray's workers are other processes. The refresh
-adds 1% new documents as a second manifest file at n_large: its stage time and the bytes it
+adds 1% new documents as a second manifest file at n_large: its stage time (the median of
+BENCH_SCALE_REFRESH_RUNS runs, default 3, each from a copy of the built state) and the bytes it
 wrote under the data root, as shares of the full build's.
 
 Sizes: BENCH_SCALE_SMALL (default 100000), BENCH_SCALE_LARGE (default 1000000); BENCH_SCALE_QUERIES
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -88,6 +90,7 @@ def write_queries(folder: Path, n_docs: int, n_queries: int) -> None:
 # a scheduled refresh's delta (1% of 1M) embeds in the flow process instead of starting an actor pool
 # (embed.local_below, as README recommends for refreshes); the full builds are far above it
 LOCAL_BELOW = int(os.environ.get("BENCH_SCALE_LOCAL_BELOW", 20_000))
+REFRESH_RUNS = max(1, int(os.environ.get("BENCH_SCALE_REFRESH_RUNS", 3)))
 
 
 def write_config(folder: Path, corpus: Path, model: str) -> Path:
@@ -151,11 +154,25 @@ def run(tmp: Path, n: int, queries: int, model: str, refresh: bool) -> dict:
     print(f"# n={n}: driver peak {full['peak_mb']:.0f} MB, {full['docs_per_s']:.0f} docs/s, stages {full['stages']}",
           file=sys.stderr, flush=True)
     if refresh:
+        # the same +1% refresh, REFRESH_RUNS times from a copy of the built state: a 2-core VM's
+        # speed drifts by a third between minutes, so one timing is a sample, the median a figure
         write_corpus(corpus, n, extra=max(1, n // 100))
-        delta = build(config)
-        full["refresh_fraction"] = delta["stage_s"] / full["stage_s"]
+        built = tmp / f"built-{n}"
+        if REFRESH_RUNS > 1:
+            shutil.copytree(data, built, symlinks=True)
+        fractions = []
+        for i in range(REFRESH_RUNS):
+            if i:
+                shutil.rmtree(data)
+                shutil.copytree(built, data, symlinks=True)
+            os.sync()  # the build's (or the copy's) writes reach the disk first: they are not the refresh's
+            delta = build(config)
+            fractions.append(delta["stage_s"] / full["stage_s"])
+            print(f"# n={n} +1% (run {i + 1}): {delta['stage_s']:.1f} s, stages {delta['stages']}",
+                  file=sys.stderr, flush=True)
+        full["refresh_fraction"] = statistics.median(fractions)
         full["refresh_bytes_fraction"] = (bytes_under(data) - full["bytes"]) / full["bytes"]
-        print(f"# n={n} +1%: stages {delta['stages']}", file=sys.stderr, flush=True)
+        shutil.rmtree(built, ignore_errors=True)
     shutil.rmtree(tmp / f"run-{n}", ignore_errors=True)
     shutil.rmtree(corpus, ignore_errors=True)
     return full
