@@ -249,8 +249,8 @@ def _plan(con, name: str, schema: pa.Schema, cur_ds, mode: str, out: Output) -> 
 def _current_rows(con, cur_ds, cols: list[str], k: str, u: str, batch: int) -> pa.RecordBatchReader:
     """The current rows an upsert's new rows can match (same natural or upsert key), streamed by row
     address; all of them in one scan when that is most of the version."""
-    addrs = con.execute(f"SELECT _rowaddr FROM cur_k SEMI JOIN src USING ({k}) UNION "
-                        f"SELECT _rowaddr FROM cur_k SEMI JOIN src USING ({u}) ORDER BY 1").fetchnumpy()["_rowaddr"]
+    matched = " UNION ".join(f"SELECT _rowaddr FROM cur_k SEMI JOIN src USING ({on})" for on in dict.fromkeys([k, u]))
+    addrs = con.execute(f"{matched} ORDER BY 1").fetchnumpy()["_rowaddr"]
     if len(addrs) > TAKE_BELOW * cur_ds.count_rows():
         return cur_ds.scanner(columns=cols, with_row_address=True, batch_size=batch).to_reader()
     schema = pa.schema([cur_ds.schema.field(c) for c in cols] + [pa.field("_rowaddr", pa.uint64())])
