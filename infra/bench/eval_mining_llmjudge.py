@@ -49,11 +49,13 @@ def known_positive(q: str, docs: list[str]) -> str:
     return min(docs, key=lambda d: hashlib.sha256(f"{q}/{d}".encode()).hexdigest())
 
 
-def false_negative_rate(negatives: pa.Table, grades: dict) -> tuple[float, int, int]:
-    """(share of mined negatives humans graded >= 2, how many, of how many)."""
+def false_negative_rate(negatives: pa.Table, grades: dict) -> tuple[float, int, int, float]:
+    """(share of mined negatives humans graded >= 2, how many, of how many, their mean retrieval rank:
+    how hard they are, since a deep enough window has no false negatives and teaches little)."""
     got = [grades.get((q, d), 0) for q, d in zip(negatives["query_id"].to_pylist(), negatives["neg_doc_id"].to_pylist())]
     bad = sum(g >= 2 for g in got)
-    return (bad / len(got) if got else float("nan")), bad, len(got)
+    rank = float(np.mean(negatives["rank"].to_numpy())) if got else float("nan")
+    return (bad / len(got) if got else float("nan")), bad, len(got), rank
 
 
 def cosine_only_configs(n: int) -> dict[str, dict]:
@@ -113,8 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for label, over in cosine_only_configs(n).items():
         res = mine(queries, qvecs, positives, index, NegativesConfig(num_negatives=n, **over))
-        rate, bad, total = false_negative_rate(res.negatives, grades)
-        rows.append((label, rate, bad, total))
+        rows.append((label, *false_negative_rate(res.negatives, grades)))
     top_yield = rows[0][3]
     eligible = [r for r in rows[1:] if r[3] == top_yield]
     best = min(eligible, key=lambda r: r[1]) if eligible else None
@@ -144,33 +145,39 @@ def main(argv: list[str] | None = None) -> dict:
             plan = plan_mining(cfg.negatives, 1)
             judgments, report = judge_what_mining_needs(inputs, cfg, queries, qvecs, positives, index, plan, None)
         res = mine(queries, qvecs, positives, index, cfg.negatives, judgments=judgments)
-        rate, bad, total = false_negative_rate(res.negatives, grades)
-        judged_rows[label] = (rate, bad, total, report, res.report["queries_short"], time.perf_counter() - t0)
+        rate, bad, total, rank = false_negative_rate(res.negatives, grades)
+        judged_rows[label] = (rate, bad, total, rank, report, time.perf_counter() - t0)
     # the human labels themselves as the judge: what a perfect judge would do
     human = pa.table({"query_id": [q for q, _ in grades], "doc_id": [d for _, d in grades],
                       "judge": ["human"] * len(grades), "grade": pa.array(list(grades.values()), pa.int8()),
                       "expected_grade": pa.array([None] * len(grades), pa.float32()), "status": ["ok"] * len(grades)})
     oracle = mine(queries, qvecs, positives, index,
                   NegativesConfig(num_negatives=n, judge_filter={"enabled": True, "unjudged": "keep"}), judgments=human)
-    o_rate, o_bad, o_total = false_negative_rate(oracle.negatives, grades)
+    o_rate, o_bad, o_total, o_rank = false_negative_rate(oracle.negatives, grades)
 
     print()
-    print("| mining | negatives | false negatives (human grade >= 2) | rate |")
-    print("|---|---|---|---|")
-    for label, rate, bad, total in rows:
-        mark = " (best cosine-only at the yield of top)" if best and label == best[0] else ""
-        print(f"| {label}{mark} | {total} | {bad} | {rate:.3f} |")
-    for label, (rate, bad, total, report, short, secs) in judged_rows.items():
-        print(f"| {label} ({report['pairs_asked']} pairs judged in {report['rounds']} rounds, {secs:.0f}s) | {total} | "
-              f"{bad} | {rate:.3f} |")
-    print(f"| judge filter, human labels (oracle) | {o_total} | {o_bad} | {o_rate:.3f} |")
     trained = judged_rows[trained_judges[0][0]]
+    # at the judge's hardness: the cosine-only configurations whose negatives rank no deeper on average
+    as_hard = [r for r in rows[1:] if r[3] == top_yield and r[4] <= trained[3]]
+    best_hard = min(as_hard, key=lambda r: r[1]) if as_hard else None
+    print("| mining | negatives | false negatives (human grade >= 2) | rate | mean rank |")
+    print("|---|---|---|---|---|")
+    for label, rate, bad, total, rank in rows:
+        mark = " (best cosine-only at the yield of top)" if best and label == best[0] else ""
+        mark += " (best cosine-only as hard as the judge filter)" if best_hard and label == best_hard[0] else ""
+        print(f"| {label}{mark} | {total} | {bad} | {rate:.3f} | {rank:.1f} |")
+    for label, (rate, bad, total, rank, report, secs) in judged_rows.items():
+        print(f"| {label} ({report['pairs_asked']} pairs judged in {report['rounds']} rounds, {secs:.0f}s) | {total} | "
+              f"{bad} | {rate:.3f} | {rank:.1f} |")
+    print(f"| judge filter, human labels (oracle) | {o_total} | {o_bad} | {o_rate:.3f} | {o_rank:.1f} |")
     print(f"BENCH mining_llmjudge top_fn_rate={rows[0][1]:.4f} best_cosine_fn_rate={best[1] if best else float('nan'):.4f} "
           f"best_cosine={json.dumps(best[0] if best else None).replace(' ', '_')} judge_fn_rate={trained[0]:.4f} "
           f"judge_yield={trained[2]} top_yield={top_yield} "
           f"ratio_judge_vs_best_cosine={trained[0] / best[1] if best and best[1] else float('nan'):.3f} "
+          f"judge_mean_rank={trained[3]:.1f} best_cosine_as_hard_fn_rate={best_hard[1] if best_hard else float('nan'):.4f} "
+          f"best_cosine_as_hard={json.dumps(best_hard[0] if best_hard else None).replace(' ', '_')} "
           f"cosine_judge_fn_rate={judged_rows['judge filter, cosine judge (offline)'][0]:.4f} "
-          f"judge={names[0]} oracle_fn_rate={o_rate:.4f} pairs_judged={trained[3]['pairs_asked']} queries={len(qids)}")
+          f"judge={names[0]} oracle_fn_rate={o_rate:.4f} pairs_judged={trained[4]['pairs_asked']} queries={len(qids)}")
     return {"rows": rows, "best": best, "judged": judged_rows, "oracle": o_rate}
 
 
