@@ -2,7 +2,7 @@
 
     corpusforge train-judge --labels LABEL_SET_OR_QRELS [--name NAME] [--split all|odd|even]
                             [--queries TOPICS] [--docs PASSAGES] [--kind cross_encoder|features]
-                            [--epochs N] [--base-model M] ...
+                            [--prior cosine|none] [--epochs N] [--base-model M] ...
 """
 
 import json
@@ -11,9 +11,9 @@ import json
 def cmd_train_judge(args) -> int:
     from flows.train_judge import train_judge_flow
 
-    training = {"kind": args.kind, "epochs": args.epochs, "base_model": args.base_model, "learning_rate": args.learning_rate,
-                "max_length": args.max_length, "freeze_layers": args.freeze_layers, "batch_size": args.batch_size,
-                "seed": args.seed}
+    training = {"kind": args.kind, "prior": args.prior, "epochs": args.epochs, "base_model": args.base_model,
+                "learning_rate": args.learning_rate, "warmup_ratio": args.warmup_ratio, "max_length": args.max_length,
+                "freeze_layers": args.freeze_layers, "batch_size": args.batch_size, "seed": args.seed}
     try:
         summary = train_judge_flow(labels=args.labels, name=args.name, split=args.split, queries=args.queries,
                                    docs=args.docs, catalog=args.catalog, config_path=args.config, training=training)
@@ -32,7 +32,7 @@ def register(app) -> None:
     import typer
 
     from flows.cli import CatalogOpt, ConfigOpt, ns
-    from flows.cli_choices import JudgeKind, Split
+    from flows.cli_choices import JudgeKind, JudgePrior, Split
 
     def opt(name: str, help: str, kind=str):
         return Annotated[Optional[kind], typer.Option(name, help=help)]
@@ -50,9 +50,13 @@ def register(app) -> None:
                         kind: Annotated[Optional[JudgeKind], typer.Option(
                             "--kind", help="overrides judge.training.kind: cross_encoder (fine-tuned MiniLM) or "
                             "features (cosine, BM25 and length; trains in a second)")] = None,
+                        prior: Annotated[Optional[JudgePrior], typer.Option(
+                            "--prior", help="overrides judge.training.prior: cosine (learn a correction of the "
+                            "calibrated cosine judge) or none (the grades alone)")] = None,
                         epochs: opt("--epochs", "overrides judge.training.epochs", float) = None,
                         base_model: opt("--base-model", "overrides judge.training.base_model") = None,
                         learning_rate: opt("--learning-rate", "overrides judge.training.learning_rate", float) = None,
+                        warmup_ratio: opt("--warmup-ratio", "overrides judge.training.warmup_ratio", float) = None,
                         max_length: opt("--max-length", "overrides judge.training.max_length", int) = None,
                         freeze_layers: opt("--freeze-layers", "overrides judge.training.freeze_layers", int) = None,
                         batch_size: opt("--batch-size", "overrides judge.training.batch_size", int) = None,
@@ -60,7 +64,8 @@ def register(app) -> None:
                         catalog: CatalogOpt = None, config: ConfigOpt = None) -> int:
         """Train a judge (grades 0-3) from a label set: human qrels, or an LLM judge's labels."""
         return cmd_train_judge(ns(labels=labels, name=name, split=split.value, queries=queries, docs=docs,
-                                  kind=kind.value if kind else None,
+                                  kind=kind.value if kind else None, prior=prior.value if prior else None,
                                   epochs=epochs, base_model=base_model, learning_rate=learning_rate,
+                                  warmup_ratio=warmup_ratio,
                                   max_length=max_length, freeze_layers=freeze_layers, batch_size=batch_size,
                                   seed=seed, catalog=catalog, config=config))

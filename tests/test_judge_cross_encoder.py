@@ -172,3 +172,23 @@ def test_a_judge_trained_on_the_cosine_prior_starts_as_it_and_learns_what_it_get
     idx = np.arange(16)
     truth = np.array([3] * 8 + [0] * 8)
     assert after[idx, truth].mean() > start[idx, truth].mean() + 0.1, (after[idx, truth], start[idx, truth])
+
+
+def test_train_judge_cli_sets_every_training_field_the_config_has(cfg, tmp_path, tiny_bert, capsys):
+    """`--prior none` trains on the grades alone (no cosine prior in the model's manifest), and the
+    flags land in the training parameters the version records."""
+    from flows.cli import main
+    from tasks.judge.cross_encoder import read_manifest, resolve_model
+
+    topics, docs = _files(tmp_path)
+    _label_set(cfg)
+    rc = main(["train-judge", "--labels", "assessor", "--name", "plain", "--split", "odd", "--queries", str(topics),
+               "--docs", str(docs), "--catalog", cfg.catalog_path, "--base-model", tiny_bert, "--prior", "none",
+               "--warmup-ratio", "0", "--epochs", "1", "--batch-size", "4", "--max-length", "64",
+               "--freeze-layers", "1"])
+    assert rc == 0, capsys.readouterr()
+    judge_cfg = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"backend": "cross_encoder",
+                                                                             "model": "plain"})})
+    folder, _ = resolve_model(judge_cfg)
+    assert read_manifest(folder).get("prior") is None
+    assert main(["train-judge", "--labels", "assessor", "--prior", "sometimes", "--catalog", cfg.catalog_path]) == 2
