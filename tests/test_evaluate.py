@@ -157,3 +157,28 @@ def test_a_second_run_reuses_the_current_export_and_the_cli_prints_the_table(loo
     runs = cat.query("SELECT variant, run_id FROM evaluations ORDER BY variant").to_pylist()
     assert {r["variant"] for r in runs} == {"base", "export", "in_batch", "mined", "judge_filtered", "margin"}
     assert len({r["run_id"] for r in runs}) == 2
+
+
+def test_the_gist_loss_trains_with_the_base_model_as_its_guide(tiny_sentence_model, tmp_path):
+    """train.loss gist: GISTEmbedLoss guided by the frozen base model; it learns something other
+    than MNRL does from the same rows, and the card says which loss trained the model."""
+    import pyarrow as pa
+
+    from schemas.config import TrainConfig
+    from tasks.evaluate.train import TRAIN_FILE, fine_tune, weights_sha256
+
+    topics = ["horses on a beach", "dogs in the snow", "a red bicycle", "a plate of pasta", "a city at night",
+              "boats in a harbour", "children playing football", "a cat on a sofa"]
+    rows = {"anchor": [f"photo of {t}" for t in topics], "positive": [f"a picture showing {t}" for t in topics],
+            "negative_1": [f"a picture showing {t}" for t in topics[1:] + topics[:1]]}
+    (tmp_path / "export" / "data").mkdir(parents=True)
+    pq.write_table(pa.table(rows), tmp_path / "export" / TRAIN_FILE)
+    trained = {}
+    for loss in ("gist", "mnrl"):
+        cfg = TrainConfig(model=tiny_sentence_model, loss=loss, batch_size=4, max_steps=2, learning_rate=1e-3,
+                          max_seq_length=32, warmup_ratio=0.0)
+        trained[loss] = fine_tune(str(tmp_path / "export"), "mined", True, cfg, str(tmp_path / "models"), "t")
+    card = (Path(trained["gist"]["path"]) / "README.md").read_text()
+    assert "GISTEmbedLoss" in card
+    shas = {m["weights_sha256"] for m in trained.values()} | {weights_sha256(tiny_sentence_model)}
+    assert len(shas) == 3 and all(np.isfinite(m["loss"]) for m in trained.values())

@@ -69,9 +69,9 @@ def test_positives_resolve_by_streaming_the_corpus_ids_in_batches():
 
 def test_window_and_depth_derive_like_sentence_transformers():
     p = plan_mining(NegativesConfig(num_negatives=3), max_positives=4)
-    assert (p.range_max, p.depth) == (3 + 4, 3 + 4 + 4)
+    assert (p.range_max, p.depth) == (3 + 4, 3 + 4 + 4 + 1)  # the peer retrieves range_max + positives + 1
     p = plan_mining(NegativesConfig(num_negatives=3, range_min=5, relative_margin=0.05), max_positives=2)
-    assert (p.range_max, p.depth) == (5 + 30 + 2, 37 + 2)
+    assert (p.range_max, p.depth) == (5 + 30 + 2, 37 + 2 + 1)
     p = plan_mining(NegativesConfig(num_negatives=2, modality={"enabled": True}), max_positives=1)
     assert p.depth == 50 and p.range_max == 50  # deep enough for the C2 band 46-50
     with pytest.raises(ValueError, match="cannot mine 5 negatives per query"):
@@ -115,8 +115,9 @@ def test_max_and_min_score_and_the_rank_window():
     assert negs(window) == ["n4", "n5", "n6"]
     assert window.negatives["rank"].to_pylist() == [6, 7, 8]  # retrieval ranks count the positive
     # the window counts eligible candidates (after filters) within the retrieved depth
-    # (range_max + positives = 6: pos, n0..n4), as the peer does: n3, n4 survive, n4 is at position 1
-    assert negs(run(index, q, ["pos"], num_negatives=2, range_min=1, range_max=5, max_score=0.66)) == ["n4"]
+    # (range_max + positives + 1 = 7: pos, n0..n5), as the peer does: n3, n4, n5 survive, range_min
+    # skips n3
+    assert negs(run(index, q, ["pos"], num_negatives=2, range_min=1, range_max=5, max_score=0.66)) == ["n4", "n5"]
 
 
 def test_sampling_random_is_seeded_and_cyclical_spreads_over_the_window():

@@ -26,6 +26,7 @@ from tasks.negatives.mine import mine
 from tests.conftest import LLMJUDGE
 
 DATA = LLMJUDGE / "data"
+SUBSET = 9
 
 
 def _embed_cached(minilm, texts: list[str], tag: str) -> np.ndarray:
@@ -57,8 +58,12 @@ def llmjudge(minilm, tmp_path_factory):
         qid, _, docid, grade = line.split()
         key = (qid, alias[docid])
         grades[key] = max(grades.get(key, 0), int(grade))
+    # the pools of the first SUBSET test queries (about a third of the passages, embedded in a third
+    # of the time): the other queries' passages would only be far-off candidates
     topics = dict(line.rstrip("\n").split("\t") for line in (DATA / "llm4eval_query_2024.txt").open())
-    qids = sorted({q for q, _ in grades})
+    qids = sorted({q for q, _ in grades}, key=lambda q: int(q[1:]))[:SUBSET]
+    grades = {k: g for k, g in grades.items() if k[0] in qids}
+    text_of = {d: t for d, t in text_of.items() if any((q, d) in grades for q in qids)}
     doc_ids = sorted(text_of)
     docs_vec = _embed_cached(minilm, [text_of[d] for d in doc_ids], "llmjudge-docs")
     q_vec = _embed_cached(minilm, [topics[q] for q in qids], "llmjudge-queries")
@@ -69,7 +74,7 @@ def llmjudge(minilm, tmp_path_factory):
         "vector": pa.FixedSizeListArray.from_arrays(pa.array(docs_vec.ravel()), docs_vec.shape[1]),
     })
     index = refresh_vector_index("text", embeddings, None, IndexConfig()).index
-    assert index.type == "flat" and index.count == len(doc_ids) == 3909
+    assert index.type == "flat" and index.count == len(doc_ids) > 1000
     positives = sorted((q, d) for (q, d), g in grades.items() if g >= 2)
     pos_table = pa.table({"query_id": [q for q, _ in positives], "doc_id": [d for _, d in positives]})
     queries = pa.table({"query_id": qids, "text": [topics[q] for q in qids]})

@@ -25,7 +25,11 @@ class TrainConfig(Strict):
     max_seq_length: int = Field(128, ge=8, description="truncation while training; the saved model keeps the "
                                 "base model's own length for encoding")
     num_negatives: int | None = Field(1, ge=1, description="hard negative columns per row (None: all the export has)")
-    scale: float = Field(20.0, gt=0, description="MNRL: similarity scale (inverse temperature)")
+    scale: float = Field(20.0, gt=0, description="similarity scale (inverse temperature) of the loss")
+    loss: Literal["mnrl", "gist"] = Field(
+        "mnrl", description="mnrl: MultipleNegativesRankingLoss; gist: GISTEmbedLoss with the base model as the "
+        "frozen guide, which masks in-batch and hard negatives the guide scores above the positive (false "
+        "negatives: passages of the same topic share a batch)")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = resource("auto")
     threads: int | None = resource(None, ge=1, description="torch threads; default: all local cores")

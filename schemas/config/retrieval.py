@@ -79,7 +79,8 @@ class NegativesConfig(Strict):
     num_negatives: int = Field(3, ge=1)
     range_min: int = Field(0, ge=0, description="skip this many eligible candidates first")
     range_max: int | None = Field(None, ge=1, description="consider eligible candidates up to this position")
-    depth: int | None = Field(None, ge=1, description="retrieved per query; default range_max + max positives")
+    depth: int | None = Field(None, ge=1, description="retrieved per query; default range_max + max positives + 1, "
+                                  "as sentence-transformers retrieves")
     absolute_margin: float | None = Field(None, description="keep score <= s+ - m, s+ the minimum positive score")
     relative_margin: float | None = Field(None, ge=0, lt=1, description="keep score <= s+ - |s+| * r")
     max_score: float | None = None

@@ -1,6 +1,6 @@
 """Fine-tuning one retriever on a sentence-transformers export: SentenceTransformerTrainer with
-MultipleNegativesRankingLoss over (anchor, positive, negative_1..k) rows, k = 0 for in-batch
-negatives only. The tuned model is saved under the models folder with sentence-transformers' own
+MultipleNegativesRankingLoss (or GISTEmbedLoss, guided by the base model) over (anchor, positive,
+negative_1..k) rows, k = 0 for in-batch negatives only. The tuned model is saved under the models folder with sentence-transformers' own
 model card, in a folder named after its weights, so one path always means one set of weights."""
 from __future__ import annotations
 
@@ -33,12 +33,25 @@ OUTPUTS = pa.schema([
 def _st():
     """The trainer API, under its sentence-transformers 6 module names or the older ones."""
     try:
-        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+        from sentence_transformers.sentence_transformer import losses
         from sentence_transformers.sentence_transformer.training_args import BatchSamplers
     except ImportError:  # sentence-transformers 5
-        from sentence_transformers.losses import MultipleNegativesRankingLoss
+        from sentence_transformers import losses
         from sentence_transformers.training_args import BatchSamplers
-    return MultipleNegativesRankingLoss, BatchSamplers
+    return losses, BatchSamplers
+
+
+def make_loss(model, cfg: TrainConfig, path: str, device: str):
+    """MNRL, or GISTEmbedLoss guided by a frozen copy of the base model (same scale: temperature 1/scale)."""
+    losses, _ = _st()
+    if cfg.loss == "mnrl":
+        return losses.MultipleNegativesRankingLoss(model, scale=cfg.scale)
+    from sentence_transformers import SentenceTransformer
+
+    guide = SentenceTransformer(path, device=device, revision=cfg.revision,
+                                local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
+    guide.max_seq_length = cfg.max_seq_length
+    return losses.GISTEmbedLoss(model, guide, temperature=1.0 / cfg.scale)
 
 
 def training_rows(export: str | Path, hard_negatives: int | None):
@@ -76,7 +89,7 @@ def fine_tune(export: str, variant: str, hard_negatives: bool, cfg: TrainConfig,
 
     from tasks.backends.embedders import resolve_model
 
-    MNRL, BatchSamplers = _st()
+    _, BatchSamplers = _st()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     ds = training_rows(export, cfg.num_negatives if hard_negatives else 0)
@@ -103,7 +116,7 @@ def fine_tune(export: str, variant: str, hard_negatives: bool, cfg: TrainConfig,
             logging_steps=max(1, steps // 10), report_to="none", use_cpu=device == "cpu",
             dataloader_num_workers=0, disable_tqdm=not sys.stderr.isatty())
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds,
-                                             loss=MNRL(model, scale=cfg.scale))
+                                             loss=make_loss(model, cfg, path, device))
         _log_to_logger(trainer)
         t0 = time.perf_counter()
         result = trainer.train()

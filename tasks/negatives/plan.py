@@ -26,7 +26,8 @@ def plan_mining(cfg: NegativesConfig, max_positives: int) -> MiningPlan:
     range_max = cfg.range_max
     if range_max is None:
         range_max = cfg.range_min + (cfg.num_negatives * 10 if filters else cfg.num_negatives) + max_positives
-    depth = cfg.depth or range_max + max_positives
+    # the peer retrieves range_max + max_positives + 1: room for every positive and the anchor itself
+    depth = cfg.depth or range_max + max_positives + 1
     if cfg.judge_filter.enabled:
         # the filter removes candidates the retriever ranks high: the window deepens, up to the cap,
         # until num_negatives survive (only the candidates the window reaches are judged)
