@@ -175,8 +175,8 @@ def test_a_judge_trained_on_the_cosine_prior_starts_as_it_and_learns_what_it_get
 
 
 def test_train_judge_cli_sets_every_training_field_the_config_has(cfg, tmp_path, tiny_bert, capsys):
-    """`--prior none` trains on the grades alone (no cosine prior in the model's manifest), and the
-    flags land in the training parameters the version records."""
+    """`--prior none` trains on the grades alone (no cosine prior in the model's manifest); a value
+    the config does not allow is a usage error."""
     from flows.cli import main
     from tasks.judge.cross_encoder import read_manifest, resolve_model
 

@@ -63,7 +63,8 @@ def llmjudge(minilm, tmp_path_factory):
     topics = dict(line.rstrip("\n").split("\t") for line in (DATA / "llm4eval_query_2024.txt").open())
     qids = sorted({q for q, _ in grades}, key=lambda q: int(q[1:]))[:SUBSET]
     grades = {k: g for k, g in grades.items() if k[0] in qids}
-    text_of = {d: t for d, t in text_of.items() if any((q, d) in grades for q in qids)}
+    pooled = {d for _, d in grades}
+    text_of = {d: t for d, t in text_of.items() if d in pooled}
     doc_ids = sorted(text_of)
     docs_vec = _embed_cached(minilm, [text_of[d] for d in doc_ids], "llmjudge-docs")
     q_vec = _embed_cached(minilm, [topics[q] for q in qids], "llmjudge-queries")

@@ -22,6 +22,7 @@ import json
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -49,13 +50,21 @@ def known_positive(q: str, docs: list[str]) -> str:
     return min(docs, key=lambda d: hashlib.sha256(f"{q}/{d}".encode()).hexdigest())
 
 
-def false_negative_rate(negatives: pa.Table, grades: dict) -> tuple[float, int, int, float]:
-    """(share of mined negatives humans graded >= 2, how many, of how many, their mean retrieval rank:
-    how hard they are, since a deep enough window has no false negatives and teaches little)."""
+class Mined(NamedTuple):
+    """One configuration's negatives against the human grades."""
+
+    rate: float  # share of mined negatives humans graded >= 2
+    bad: int
+    total: int
+    rank: float  # mean retrieval rank: how hard they are (a deep enough window has no false negatives)
+
+
+def false_negative_rate(negatives: pa.Table, grades: dict) -> Mined:
+    """The false negatives among the mined negatives, and how hard the negatives are."""
     got = [grades.get((q, d), 0) for q, d in zip(negatives["query_id"].to_pylist(), negatives["neg_doc_id"].to_pylist())]
     bad = sum(g >= 2 for g in got)
     rank = float(np.mean(negatives["rank"].to_numpy())) if got else float("nan")
-    return (bad / len(got) if got else float("nan")), bad, len(got), rank
+    return Mined(bad / len(got) if got else float("nan"), bad, len(got), rank)
 
 
 def cosine_only_configs(n: int) -> dict[str, dict]:
@@ -115,10 +124,10 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for label, over in cosine_only_configs(n).items():
         res = mine(queries, qvecs, positives, index, NegativesConfig(num_negatives=n, **over))
-        rows.append((label, *false_negative_rate(res.negatives, grades)))
-    top_yield = rows[0][3]
-    eligible = [r for r in rows[1:] if r[3] == top_yield]
-    best = min(eligible, key=lambda r: r[1]) if eligible else None
+        rows.append((label, false_negative_rate(res.negatives, grades)))
+    top_yield = rows[0][1].total
+    eligible = [r for r in rows[1:] if r[1].total == top_yield]
+    best = min(eligible, key=lambda r: r[1].rate) if eligible else None
 
     # the judge filter, judging through the judge stage into the workdir's catalog
     work = Path(args.workdir)
@@ -145,40 +154,42 @@ def main(argv: list[str] | None = None) -> dict:
             plan = plan_mining(cfg.negatives, 1)
             judgments, report = judge_what_mining_needs(inputs, cfg, queries, qvecs, positives, index, plan, None)
         res = mine(queries, qvecs, positives, index, cfg.negatives, judgments=judgments)
-        rate, bad, total, rank = false_negative_rate(res.negatives, grades)
-        judged_rows[label] = (rate, bad, total, rank, report, time.perf_counter() - t0)
+        judged_rows[label] = (false_negative_rate(res.negatives, grades), report, time.perf_counter() - t0)
     # the human labels themselves as the judge: what a perfect judge would do
     human = pa.table({"query_id": [q for q, _ in grades], "doc_id": [d for _, d in grades],
                       "judge": ["human"] * len(grades), "grade": pa.array(list(grades.values()), pa.int8()),
                       "expected_grade": pa.array([None] * len(grades), pa.float32()), "status": ["ok"] * len(grades)})
     oracle = mine(queries, qvecs, positives, index,
                   NegativesConfig(num_negatives=n, judge_filter={"enabled": True, "unjudged": "keep"}), judgments=human)
-    o_rate, o_bad, o_total, o_rank = false_negative_rate(oracle.negatives, grades)
+    o = false_negative_rate(oracle.negatives, grades)
 
     print()
-    trained = judged_rows[trained_judges[0][0]]
+    trained, trained_report, _ = judged_rows[trained_judges[0][0]]
     # at the judge's hardness: the cosine-only configurations whose negatives rank no deeper on average
-    as_hard = [r for r in rows[1:] if r[3] == top_yield and r[4] <= trained[3]]
-    best_hard = min(as_hard, key=lambda r: r[1]) if as_hard else None
+    as_hard = [r for r in eligible if r[1].rank <= trained.rank]
+    best_hard = min(as_hard, key=lambda r: r[1].rate) if as_hard else None
     print("| mining | negatives | false negatives (human grade >= 2) | rate | mean rank |")
     print("|---|---|---|---|---|")
-    for label, rate, bad, total, rank in rows:
+    def row(label: str, m: Mined) -> str:
+        return f"| {label} | {m.total} | {m.bad} | {m.rate:.3f} | {m.rank:.1f} |"
+
+    for label, m in rows:
         mark = " (best cosine-only at the yield of top)" if best and label == best[0] else ""
         mark += " (best cosine-only as hard as the judge filter)" if best_hard and label == best_hard[0] else ""
-        print(f"| {label}{mark} | {total} | {bad} | {rate:.3f} | {rank:.1f} |")
-    for label, (rate, bad, total, rank, report, secs) in judged_rows.items():
-        print(f"| {label} ({report['pairs_asked']} pairs judged in {report['rounds']} rounds, {secs:.0f}s) | {total} | "
-              f"{bad} | {rate:.3f} | {rank:.1f} |")
-    print(f"| judge filter, human labels (oracle) | {o_total} | {o_bad} | {o_rate:.3f} | {o_rank:.1f} |")
-    print(f"BENCH mining_llmjudge top_fn_rate={rows[0][1]:.4f} best_cosine_fn_rate={best[1] if best else float('nan'):.4f} "
-          f"best_cosine={json.dumps(best[0] if best else None).replace(' ', '_')} judge_fn_rate={trained[0]:.4f} "
-          f"judge_yield={trained[2]} top_yield={top_yield} "
-          f"ratio_judge_vs_best_cosine={trained[0] / best[1] if best and best[1] else float('nan'):.3f} "
-          f"judge_mean_rank={trained[3]:.1f} best_cosine_as_hard_fn_rate={best_hard[1] if best_hard else float('nan'):.4f} "
+        print(row(label + mark, m))
+    for label, (m, report, secs) in judged_rows.items():
+        print(row(f"{label} ({report['pairs_asked']} pairs judged in {report['rounds']} rounds, {secs:.0f}s)", m))
+    print(row("judge filter, human labels (oracle)", o))
+    nan = float("nan")
+    print(f"BENCH mining_llmjudge top_fn_rate={rows[0][1].rate:.4f} best_cosine_fn_rate={best[1].rate if best else nan:.4f} "
+          f"best_cosine={json.dumps(best[0] if best else None).replace(' ', '_')} judge_fn_rate={trained.rate:.4f} "
+          f"judge_yield={trained.total} top_yield={top_yield} "
+          f"ratio_judge_vs_best_cosine={trained.rate / best[1].rate if best and best[1].rate else nan:.3f} "
+          f"judge_mean_rank={trained.rank:.1f} best_cosine_as_hard_fn_rate={best_hard[1].rate if best_hard else nan:.4f} "
           f"best_cosine_as_hard={json.dumps(best_hard[0] if best_hard else None).replace(' ', '_')} "
-          f"cosine_judge_fn_rate={judged_rows['judge filter, cosine judge (offline)'][0]:.4f} "
-          f"judge={names[0]} oracle_fn_rate={o_rate:.4f} pairs_judged={trained[4]['pairs_asked']} queries={len(qids)}")
-    return {"rows": rows, "best": best, "judged": judged_rows, "oracle": o_rate}
+          f"cosine_judge_fn_rate={judged_rows['judge filter, cosine judge (offline)'][0].rate:.4f} "
+          f"judge={names[0]} oracle_fn_rate={o.rate:.4f} pairs_judged={trained_report['pairs_asked']} queries={len(qids)}")
+    return {"rows": rows, "best": best, "judged": judged_rows, "oracle": o.rate}
 
 
 def kind_of(catalog, cfg, name: str) -> str:

@@ -1,7 +1,8 @@
 """Fine-tuning one retriever on a sentence-transformers export: SentenceTransformerTrainer with
 MultipleNegativesRankingLoss (or GISTEmbedLoss, guided by the base model) over (anchor, positive,
-negative_1..k) rows, k = 0 for in-batch negatives only. The tuned model is saved under the models folder with sentence-transformers' own
-model card, in a folder named after its weights, so one path always means one set of weights."""
+negative_1..k) rows, k = 0 for in-batch negatives only. The tuned model is saved under the models
+folder with sentence-transformers' own model card, in a folder named after its weights, so one path
+always means one set of weights."""
 from __future__ import annotations
 
 import hashlib
@@ -41,16 +42,15 @@ def _st():
     return losses, BatchSamplers
 
 
-def make_loss(model, cfg: TrainConfig, path: str, device: str):
-    """MNRL, or GISTEmbedLoss guided by a frozen copy of the base model (same scale: temperature 1/scale)."""
+def make_loss(model, cfg: TrainConfig):
+    """MNRL, or GISTEmbedLoss guided by a frozen copy of the untrained model (same scale: temperature
+    1/scale); the copy is taken in memory, not loaded from disk a second time."""
+    import copy
+
     losses, _ = _st()
     if cfg.loss == "mnrl":
         return losses.MultipleNegativesRankingLoss(model, scale=cfg.scale)
-    from sentence_transformers import SentenceTransformer
-
-    guide = SentenceTransformer(path, device=device, revision=cfg.revision,
-                                local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
-    guide.max_seq_length = cfg.max_seq_length
+    guide = copy.deepcopy(model).requires_grad_(False)
     return losses.GISTEmbedLoss(model, guide, temperature=1.0 / cfg.scale)
 
 
@@ -116,7 +116,7 @@ def fine_tune(export: str, variant: str, hard_negatives: bool, cfg: TrainConfig,
             logging_steps=max(1, steps // 10), report_to="none", use_cpu=device == "cpu",
             dataloader_num_workers=0, disable_tqdm=not sys.stderr.isatty())
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds,
-                                             loss=make_loss(model, cfg, path, device))
+                                             loss=make_loss(model, cfg))
         _log_to_logger(trainer)
         t0 = time.perf_counter()
         result = trainer.train()
