@@ -22,7 +22,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from flows.cli_output import OutputFormat, print_build_summary, print_table  # noqa: F401 - used by cli_* modules
+from flows.cli_output import OutputFormat, error_text, print_build_summary, print_table  # noqa: F401 - used by cli_* modules
 
 COMMAND_MODULES: list[str] = ["flows.cli_judgments", "flows.cli_tree", "flows.cli_mining", "flows.cli_generation",
                               "flows.cli_evaluate", "flows.cli_train"]
@@ -177,7 +177,7 @@ def lineage_cmd(dataset: Annotated[str, typer.Argument(help="dataset name, e.g. 
     try:
         table = cat.lineage(dataset, version)
     except KeyError as e:
-        raise SystemExit(str(e).strip("'\"")) from None
+        raise SystemExit(error_text(e)) from None
     if table.num_rows == 0:
         print(f"{dataset} has no recorded parents (it is a source dataset)")
         return 0
@@ -233,6 +233,9 @@ def sql_cmd(query: Annotated[str, typer.Argument(help="SQL over the catalog's ta
         table = cat.query(query, read_only=True)
     except duckdb.Error as e:
         raise SystemExit(f"SQL error: {e}") from None
+    if table.num_columns == 0:
+        raise SystemExit("SQL error: nothing to show: no statement in the SQL returns rows (an empty query, "
+                         "only ';' or a comment); write a SELECT, e.g. \"SELECT name, version FROM datasets\"")
     print_table(table, format, width)
     return 0
 

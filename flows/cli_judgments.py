@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 from flows.cli_choices import Backend, Pool
+from flows.cli_output import error_text
 
 
 def _config(args):
@@ -91,7 +92,7 @@ def _agreement_table(cfg, args, ref_paths, ref_names, judge_paths, judge_names):
     try:
         table = analysis.agreement(cat, reference, only)
     except KeyError as e:
-        raise SystemExit(str(e).strip("'\"")) from None
+        raise SystemExit(error_text(e)) from None
     if table.num_rows == 0:
         raise SystemExit(f"no judge shares a labelled pair with '{reference}'")
     return table
@@ -143,7 +144,7 @@ def cmd_export_qrels(args) -> int:
     try:
         n = trec_io.write_qrels(analysis.qrels_of(cat, args.judge), args.out, doc_names=_source_names(cat, root))
     except KeyError as e:
-        raise SystemExit(str(e).strip("'\"")) from None
+        raise SystemExit(error_text(e)) from None
     print(f"wrote {n} qrels lines for {args.judge} to {args.out}")
     return 0
 
@@ -169,7 +170,7 @@ def cmd_export_run(args) -> int:
     try:
         t = analysis.runs_table(cat, root, [args.tag])
     except KeyError as e:
-        raise SystemExit(str(e).strip("'\"")) from None
+        raise SystemExit(error_text(e)) from None
     n = trec_io.write_run(t.rename_columns(["query_id", "doc_id", "rank", "score", "tag"]), args.out,
                           doc_names=_source_names(cat, root))
     print(f"wrote {n} run lines for {args.tag} to {args.out}")
@@ -190,7 +191,7 @@ def cmd_rank_correlation(args) -> int:
             rows.append({"judge": judge, "kendall_tau": r["kendall_tau"], "spearman_rho": r["spearman_rho"],
                          "n_systems": r["n_systems"], "n_queries": r["n_queries"], "measure": r["measure"]})
     except (KeyError, ValueError) as e:
-        raise SystemExit(str(e).strip("'\"")) from None
+        raise SystemExit(error_text(e)) from None
     print_table(rows, args.format)
     return 0
 

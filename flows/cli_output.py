@@ -96,3 +96,10 @@ def print_build_summary(result: dict, invocation: str = "corpusforge") -> None:
     cat = result["catalog"]
     print(f"  {invocation} sql --catalog {cat} \"SELECT name, version, row_count, created_at FROM datasets WHERE is_current\"")
     print(f"  {invocation} sql --catalog {cat} \"SELECT modality, count(*) AS n, any_value(text) AS example FROM documents GROUP BY ALL\"")
+
+
+def error_text(e: BaseException) -> str:
+    """An error's own message: `str(KeyError(msg))` is `repr(msg)`, quotes and escapes included."""
+    if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
+        return e.args[0]
+    return str(e)

@@ -7,6 +7,8 @@
 
 import json
 
+from flows.cli_output import error_text
+
 
 def cmd_train_judge(args) -> int:
     from flows.train_judge import train_judge_flow
@@ -18,7 +20,7 @@ def cmd_train_judge(args) -> int:
         summary = train_judge_flow(labels=args.labels, name=args.name, split=args.split, queries=args.queries,
                                    docs=args.docs, catalog=args.catalog, config_path=args.config, training=training)
     except (KeyError, LookupError, ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"train-judge: {e}") from None
+        raise SystemExit(f"train-judge: {error_text(e)}") from None
     print(json.dumps(summary, indent=2, default=str))
     backend = summary.get("kind") or "cross_encoder"
     print(f"use it with:  judge: {{backend: {backend}, model: {summary['model']}}}  "

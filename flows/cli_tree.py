@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 from flows.cli_choices import Scorer
+from flows.cli_output import error_text
 
 
 def _config(args):
@@ -45,7 +46,7 @@ def _load(args):
     try:
         return config, load_tree(cat, root, _tree_name(args, config))
     except KeyError as e:
-        raise SystemExit(str(e).strip("'\"")) from None
+        raise SystemExit(error_text(e)) from None
 
 
 def cmd_search(args) -> int:
@@ -53,6 +54,8 @@ def cmd_search(args) -> int:
     from tasks.tree.search_stage import make_scorer
     from tasks.tree.search import SearchParams, search
 
+    if not args.query.strip():
+        raise SystemExit("the query text is empty: give the words to search for, e.g. \"red bicycle\"")
     config, loaded = _load(args)
     tcfg = config.tree if config else TreeConfig()
     s = tcfg.search

@@ -51,6 +51,12 @@ def test_sql_command_cannot_write(catalog, tmp_path, sql):
     assert Catalog(catalog).query("SELECT count(*) AS n FROM datasets WHERE is_current")["n"][0].as_py() == 1
 
 
+@pytest.mark.parametrize("sql", [";", "-- a comment only", "  ;; "])
+def test_sql_with_no_statement_returning_rows_says_so(catalog, sql):
+    with pytest.raises(SystemExit, match="nothing to show.*write a SELECT"):
+        main(["sql", "--catalog", catalog, "--", sql])
+
+
 def test_sql_reads_views_and_prints_no_terminal_escapes(catalog, capsys):
     before = sha(catalog)
     assert main(["sql", "--catalog", catalog, "SELECT text FROM documents"]) == 0

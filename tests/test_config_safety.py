@@ -1,4 +1,5 @@
-"""Config loading refuses what would hang or inject: alias bombs, names that are not names."""
+"""Config loading refuses what would hang, inject or be silently lost: alias bombs, names that are
+not names, repeated keys, numbers no stage can use."""
 from __future__ import annotations
 
 import subprocess
@@ -48,6 +49,33 @@ def test_names_that_reach_sql_or_paths_are_validated(tmp_path, name):
 
     path.write_text(yaml.safe_dump({"tree": {"name": name}}))
     with pytest.raises(ConfigError, match="tree.name"):
+        load_config(path)
+
+
+def test_a_repeated_key_is_refused_with_both_lines(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: a\nembed:\n  text: {batch_size: 8}\n  text: {batch_size: 16}\n")
+    with pytest.raises(ConfigError, match=r"key 'text' appears twice in one mapping \(lines 3 and 4\)"):
+        load_config(path)
+    path.write_text("name: a\nx: &b {batch_size: 8}\nembed:\n  text:\n    <<: *b\n    model: m\n")
+    with pytest.raises(ConfigError, match=r"- x: Extra inputs"):  # a merge key is no repeat; only x is unknown
+        load_config(path)
+
+
+@pytest.mark.parametrize("field,value", [("embed.text.batch_size", 10**25), ("negatives.seed", -(2**40)),
+                                         ("index.ivf_nlist", 2**31)])
+def test_numbers_past_int32_are_refused_naming_the_field(tmp_path, field, value):
+    import yaml
+
+    section, *rest = field.split(".")
+    node: dict = {}
+    cur = node
+    for key in rest[:-1]:
+        cur = cur.setdefault(key, {})
+    cur[rest[-1]] = value
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({section: node}))
+    with pytest.raises(ConfigError, match=rf"{field}: .*out of range"):
         load_config(path)
 
 

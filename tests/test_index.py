@@ -306,6 +306,9 @@ def test_index_stage_builds_refreshes_and_searches(ctx, minilm):
     assert both["doc_id"][0].as_py() == "0" * 31 + "4" and set(both["retriever"].to_pylist()) == {"rrf"}
     with pytest.raises(LookupError, match="no vector index 'image'"):
         search(store, "x", index="image")
+    for blank in ("", " \t\n"):  # an empty query would rank by the embedding of nothing
+        with pytest.raises(ValueError, match="the query text is empty"):
+            search(store, blank, retriever="both")
 
 
 def test_vector_index_is_plain_data():

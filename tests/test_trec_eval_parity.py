@@ -95,3 +95,17 @@ def test_bad_lines_are_quarantined_with_reasons(tmp_path):
     assert parsed.lines == parsed.table.num_rows + len(reasons) + parsed.duplicates
     assert any("4 fields" in r for r in reasons) and any("contradicts" in r for r in reasons)
     assert any("UTF-8" in r for r in reasons) and any("not a number" in r for r in reasons)
+
+
+def test_values_beyond_the_int32_columns_are_bad_lines_not_crashes(tmp_path):
+    """A 20-digit grade or rank names its field and line instead of failing the batch on int32."""
+    qrels = tmp_path / "big.qrels"
+    qrels.write_text("q1 0 d1 99999999999999999999\nq1 0 d2 -3000000000\nq1 0 d3 1e12\nq1 0 d4 2147483647\n")
+    parsed = trec_io.read_qrels(qrels)
+    assert parsed.table.column("doc_id").to_pylist() == ["d4"]
+    reasons = [r["reason"] for r in parsed.quarantine.rows]
+    assert len(reasons) == 3 and all("relevance" in r and "out of range" in r for r in reasons)
+    run = tmp_path / "big.run"
+    run.write_text("q1 Q0 d1 99999999999 1.5 t\nq1 Q0 d2 1 1.0 t\n")
+    parsed = trec_io.read_run(run)
+    assert parsed.table.num_rows == 1 and "rank" in parsed.quarantine.rows[0]["reason"]

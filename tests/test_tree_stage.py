@@ -134,6 +134,10 @@ def test_cli_search_prints_ranking_with_paths(store, capsys):
     assert "documents" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no tree named 'nope'"):
         main(["search-tree", "q", "--catalog", ctx.config.catalog_path, "--tree", "nope"])
+    with pytest.raises(SystemExit, match=r"^no tree named 'nope' in catalog .*available: default$"):  # not repr()
+        main(["search-tree", "q", "--catalog", ctx.config.catalog_path, "--tree", "nope"])
+    with pytest.raises(SystemExit, match="the query text is empty"):
+        main(["search-tree", "  ", "--catalog", ctx.config.catalog_path])
 
 
 def test_a_large_tree_is_built_in_a_ray_task_and_equals_the_in_process_build(ray_local, tmp_path, minilm):

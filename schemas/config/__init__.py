@@ -123,6 +123,7 @@ def safe_yaml(text: str, source: str = "(text)"):
             raise ConfigError(f"config file {source} nests deeper than 100 levels")
         sizes[id(node)] = MAX_YAML_NODES + 1  # a node reached again while counting it is a cycle
         if isinstance(node, yaml.MappingNode):
+            _no_repeated_keys(node, source)
             n = 1 + sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
         elif isinstance(node, yaml.SequenceNode):
             n = 1 + sum(size(v, depth + 1) for v in node.value)
@@ -138,6 +139,19 @@ def safe_yaml(text: str, source: str = "(text)"):
         return loader.construct_document(root)
     finally:
         loader.dispose()
+
+
+def _no_repeated_keys(node, source: str) -> None:
+    """YAML keeps the last of two equal keys without a word; in a config that is a typo or a merge
+    gone wrong that silently drops a setting, so it is refused with both lines."""
+    seen: dict[str, int] = {}
+    for k, _ in node.value:
+        if not isinstance(k, yaml.ScalarNode) or k.tag == "tag:yaml.org,2002:merge":
+            continue
+        if k.value in seen:
+            raise ConfigError(f"config file {source}: key {k.value!r} appears twice in one mapping (lines "
+                              f"{seen[k.value]} and {k.start_mark.line + 1}); keep one")
+        seen[k.value] = k.start_mark.line + 1
 
 
 def check_buildable(cfg: BuildConfig) -> BuildConfig:

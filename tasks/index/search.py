@@ -18,6 +18,8 @@ def search(store: IndexStore, text: str, k: int = 10, retriever: str = "dense", 
     The query is embedded with the encoder recorded in the index manifest (or `embedder`), and
     refused when that encoder's space differs from the index's.
     """
+    if not (text or "").strip():
+        raise ValueError("the query text is empty: give the words to search for, e.g. \"red bicycle\"")
     rows: list[dict] = []
     if retriever in ("dense", "both"):
         vi = store.load_vector(index)

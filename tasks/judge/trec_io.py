@@ -66,16 +66,26 @@ def parse_qrels_line(line: str) -> tuple[str, str, int]:
         raise BadLine(f"qrels line needs 4 fields (qid iter docid rel), found {len(parts)}")
     qid, _, docid, rel = parts
     try:
-        return qid, docid, int(rel)
+        value = int(rel)
     except ValueError:
-        pass
-    try:
-        f = float(rel)
-    except ValueError:
-        raise BadLine(f"relevance '{rel}' is not a number") from None
-    if not f.is_integer():
-        raise BadLine(f"relevance '{rel}' is not an integer grade")
-    return qid, docid, int(f)
+        try:
+            f = float(rel)
+        except ValueError:
+            raise BadLine(f"relevance '{rel}' is not a number") from None
+        if not f.is_integer():
+            raise BadLine(f"relevance '{rel}' is not an integer grade")
+        value = int(f)
+    return qid, docid, _int32(value, "relevance", rel)
+
+
+INT32 = 2**31 - 1
+
+
+def _int32(value: int, field: str, written: str) -> int:
+    """The columns are int32, as trec_eval reads them: a larger value is a bad line, not a crash."""
+    if not -INT32 <= value <= INT32:
+        raise BadLine(f"{field} '{written[:40]}' is out of range (|{field}| <= {INT32})")
+    return value
 
 
 def parse_run_line(line: str) -> tuple[str, str, int, float, str]:
@@ -88,6 +98,7 @@ def parse_run_line(line: str) -> tuple[str, str, int, float, str]:
         r, sc = int(rank), float(score)
     except ValueError:
         raise BadLine(f"rank '{rank}' or score '{score}' is not a number") from None
+    r = _int32(r, "rank", rank)
     if not np.isfinite(sc):
         raise BadLine(f"score '{score}' is not finite")
     return qid, docid, r, sc, tag

@@ -170,7 +170,8 @@ class Catalog:
                 lock_down(con)
             if views:
                 register_views(self, con, sql)
-            return con.sql(sql, params=params or None).to_arrow_table()
+            rel = con.sql(sql, params=params or None)
+            return pa.table({}) if rel is None else rel.to_arrow_table()  # None: no statement returns rows
 
     def data_root(self):
         from tasks.runtime.storage import DataRoot
