@@ -143,7 +143,7 @@ def cmd_export_qrels(args) -> int:
     _, cat, root = _catalog(args)
     try:
         n = trec_io.write_qrels(analysis.qrels_of(cat, args.judge), args.out, doc_names=_source_names(cat, root))
-    except KeyError as e:
+    except (KeyError, ValueError) as e:
         raise SystemExit(error_text(e)) from None
     print(f"wrote {n} qrels lines for {args.judge} to {args.out}")
     return 0
@@ -169,10 +169,10 @@ def cmd_export_run(args) -> int:
     _, cat, root = _catalog(args)
     try:
         t = analysis.runs_table(cat, root, [args.tag])
-    except KeyError as e:
+        n = trec_io.write_run(t.rename_columns(["query_id", "doc_id", "rank", "score", "tag"]), args.out,
+                              doc_names=_source_names(cat, root))
+    except (KeyError, ValueError) as e:
         raise SystemExit(error_text(e)) from None
-    n = trec_io.write_run(t.rename_columns(["query_id", "doc_id", "rank", "score", "tag"]), args.out,
-                          doc_names=_source_names(cat, root))
     print(f"wrote {n} run lines for {args.tag} to {args.out}")
     return 0
 

@@ -8,11 +8,11 @@ from flows.common import config_for
 
 
 def write_trec_run(candidates, path: str, tag: str, doc_names: dict[str, str] | None = None) -> None:
-    """The run as TREC lines; `doc_names` (trec_io.source_names) names documents by their sources' ids."""
-    names = doc_names or {}
-    with open(path, "w", encoding="utf-8") as f:
-        for r in candidates.sort_by([("query_id", "ascending"), ("rank", "ascending")]).to_pylist():
-            f.write(f"{r['query_id']} Q0 {names.get(r['doc_id'], r['doc_id'])} {r['rank']} {r['score']:.6f} {tag}\n")
+    """The run as TREC lines, through the one TREC writer; `doc_names` (trec_io.source_names) names
+    documents by their sources' ids."""
+    from tasks.judge import trec_io
+
+    trec_io.write_run(candidates.select(["query_id", "doc_id", "rank", "score"]), path, tag=tag, doc_names=doc_names)
 
 
 @flow(name="search", log_prints=False)

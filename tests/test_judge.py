@@ -155,9 +155,29 @@ def test_pool_from_llmjudge_files_quarantines_what_it_cannot_judge(tmp_path):
     pool = units_from_files(pairs, TOPICS, PASSAGES, "fp")
     assert pool.table.num_rows == 2 and len(pool.duplicates) == 1
     reasons = sorted(r["reason"] for r in pool.rejected)
-    assert len(reasons) == 3 and any("missing-doc has no text" in r for r in reasons)
-    assert any("query qX has no text" in r for r in reasons) and any("at least qid" in r for r in reasons)
+    assert len(reasons) == 3 and any("'missing-doc' has no text in" in r and "not in the file" in r for r in reasons)
+    assert any("query 'qX' has no text" in r for r in reasons) and any("at least qid" in r for r in reasons)
     assert pool.table["query_text"][0].as_py() == "how does a bounty hunter make money"
+
+
+def test_pool_names_why_a_passage_has_no_text(tmp_path):
+    """A wrong-typed text, a line with no id and bytes that are not UTF-8 reject only their own pairs."""
+    docs = tmp_path / "docs.jsonl"
+    docs.write_bytes(b'{"id": "p1", "text": "A dog runs on the beach."}\n{"id": "p2", "text": 5}\n'
+                     b'{"id": "p3", "text": ["a", "list"]}\nnot json\n{"id": "p4", "text": "caf\xe9 \xff"}\n'
+                     b'{"id": {"nested": 1}, "text": "x"}\n')
+    topics = tmp_path / "topics.tsv"
+    topics.write_text("q1\tdog on a beach\n")
+    pairs = tmp_path / "pairs.qrels"
+    pairs.write_text("q1 0 p1 1\nq1 0 p2 1\nq1 0 p3 0\nq1 0 p4 0\nq1 0 p9 0\n")
+    pool = units_from_files(pairs, topics, docs, "fp")
+    assert sorted(pool.table["doc_id"].to_pylist()) == ["p1", "p4"]
+    why = {r["key"]: r["reason"] for r in pool.rejected}
+    assert "JSON int, not a string" in why["q1/p2"] and "JSON list" in why["q1/p3"]
+    assert "not in the file (2 of its lines could not be read" in why["q1/p9"]
+    from tasks.runtime.reasons import reason_code
+
+    assert len({reason_code(r) for r in why.values()}) == 1  # one cause, one code, whatever the ids
 
 
 def test_pool_from_a_run_file(tmp_path):

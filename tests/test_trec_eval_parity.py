@@ -6,6 +6,7 @@ Expected values are parsed from trec_eval's output files at test time; every que
 from __future__ import annotations
 
 import ir_measures
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from ir_measures import AP, P, R, nDCG
@@ -109,3 +110,27 @@ def test_values_beyond_the_int32_columns_are_bad_lines_not_crashes(tmp_path):
     run.write_text("q1 Q0 d1 99999999999 1.5 t\nq1 Q0 d2 1 1.0 t\n")
     parsed = trec_io.read_run(run)
     assert parsed.table.num_rows == 1 and "rank" in parsed.quarantine.rows[0]["reason"]
+
+
+def test_ids_with_whitespace_never_reach_a_trec_line(tmp_path):
+    """A source id "doc 1" keeps the document's own id in TREC files; a query id with a space is a
+    bad topics line; a writer asked to write such an id refuses instead of splitting the line."""
+    docs = pa.table({"doc_id": ["a" * 32, "b" * 32, "c" * 32], "source_id": ["doc 1", "ok-2", "x\ny"]})
+    names = trec_io.source_names(docs)
+    assert names == {"b" * 32: "ok-2"}
+    qrels = pa.table({"query_id": ["q1", "q1", "q1"], "doc_id": ["a" * 32, "b" * 32, "c" * 32],
+                      "relevance": [1, 2, 0]})
+    out = tmp_path / "out.qrels"
+    assert trec_io.write_qrels(qrels, out, doc_names=names) == 3
+    assert all(len(line.split()) == 4 for line in out.read_text().splitlines())
+    with pytest.raises(ValueError, match="query_id 'q 1'.*whitespace"):
+        trec_io.write_qrels(qrels.set_column(0, "query_id", pa.array(["q 1"] * 3)), out)
+    with pytest.raises(ValueError, match="tag 'my run'"):
+        trec_io.write_run(qrels.rename_columns(["query_id", "doc_id", "score"]), out, tag="my run")
+    topics = tmp_path / "topics.JSONL"
+    topics.write_text('{"qid": "q 1", "text": "a"}\n{"qid": 7, "text": "b"}\n{"qid": [1], "text": "c"}\n'
+                      '{"qid": true, "text": "d"}\n')
+    parsed = trec_io.read_topics(topics)
+    assert parsed.table["query_id"].to_pylist() == ["7"]
+    reasons = [r["reason"] for r in parsed.quarantine.rows]
+    assert len(reasons) == 3 and "whitespace" in reasons[0] and "JSON list" in reasons[1] and "JSON bool" in reasons[2]

@@ -55,35 +55,49 @@ def with_cosines(inputs, units: pa.Table, encoder) -> pa.Table:
     return units.set_column(units.schema.get_field_index("cosine"), "cosine", pa.array(cos, pa.float32()))
 
 
-def read_passages(path: str | Path) -> dict[str, str]:
+class Passages(dict):
+    """Passage texts by id, with why an id has none (`why`) and how many lines could not be read
+    at all (`unreadable`), so a pair rejected for a missing text says which of the two it was."""
+
+    def __init__(self):
+        super().__init__()
+        self.why: dict[str, str] = {}
+        self.unreadable = 0
+
+
+def read_passages(path: str | Path) -> Passages:
     """Passages by id: JSONL `docid`/`doc` (LLMJudge), `doc_id`/`text` or `id`/`text` (the
     manifest format, where an image's `alt_text` is read as an `[Image: ...]` line); or Parquet
     with doc_id (or id) and text."""
     path = Path(path)
+    out = Passages()
     if path.suffix.lower() == ".parquet":
         import pyarrow.parquet as pq
 
         t = pq.read_table(path)
         idcol = "doc_id" if "doc_id" in t.column_names else "id"
-        return {str(d): x for d, x in zip(t[idcol].to_pylist(), t["text"].to_pylist())}
-    out = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                try:
-                    r = json.loads(line)
-                except ValueError:
-                    continue  # an unreadable passage line: its pairs are rejected as "no text"
-                if not isinstance(r, dict):
-                    continue
-                did = r.get("docid", r.get("doc_id", r.get("id")))
-                text = r.get("doc", r.get("text"))
-                text = text if isinstance(text, str) else None
-                alt = r.get("alt_text")
-                if isinstance(alt, str) and alt.strip():  # a manifest image with alt-text reads as the corpus does
-                    text = document_text(text, [alt.strip()])
-                if did is not None:
-                    out[str(did)] = text
+        out.update({str(d): x for d, x in zip(t[idcol].to_pylist(), t["text"].to_pylist())})
+        return out
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except ValueError:
+                r = None
+            did = r.get("docid", r.get("doc_id", r.get("id"))) if isinstance(r, dict) else None
+            if did is None or isinstance(did, (dict, list)):
+                out.unreadable += 1  # no id to tie it to: its pairs are rejected as "no text"
+                continue
+            text = r.get("doc", r.get("text"))
+            if text is not None and not isinstance(text, str):
+                out.why[str(did)] = f"its text on line {n} is a JSON {type(text).__name__}, not a string"
+                text = None
+            alt = r.get("alt_text")
+            if isinstance(alt, str) and alt.strip():  # a manifest image with alt-text reads as the corpus does
+                text = document_text(text, [alt.strip()])
+            out[str(did)] = text
     return out
 
 
@@ -127,9 +141,12 @@ def units_from_files(pairs: str | Path, queries: str | Path, docs: str | Path, f
     for qid, did in keys:
         qt, dt = qtext.get(qid), passages.get(did)
         if not qt:
-            rejected.append({"key": f"{qid}/{did}", "reason": f"query {qid} has no text in {Path(queries).name}"})
+            rejected.append({"key": f"{qid}/{did}", "reason": f"query '{qid}' has no text in {Path(queries).name}"})
         elif dt is None or not str(dt).strip():
-            rejected.append({"key": f"{qid}/{did}", "reason": f"document {did} has no text in {Path(docs).name}"})
+            why = passages.why.get(did) or ("it is not in the file" if did not in passages else "its text is empty")
+            if did not in passages and passages.unreadable:
+                why += f" ({passages.unreadable} of its lines could not be read as a passage with an id)"
+            rejected.append({"key": f"{qid}/{did}", "reason": f"document '{did}' has no text in {Path(docs).name}: {why}"})
         else:
             ok.append((qid, qt, did, dt, None, None))
     return pair_units(ok, fp, rejected, duplicates)

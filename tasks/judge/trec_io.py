@@ -179,7 +179,7 @@ def read_topics(path: str | Path, stage: str = "topics") -> Parsed:
         if line is None:
             q.add(key, "invalid UTF-8 in a queries line")
             continue
-        if path.suffix == ".jsonl":
+        if path.suffix.lower() == ".jsonl":
             try:
                 row = json.loads(line)
                 qid = row.get("query_id", row.get("qid", row.get("id")))
@@ -192,10 +192,16 @@ def read_topics(path: str | Path, stage: str = "topics") -> Parsed:
                 q.add(key, "expected `qid<TAB>text`", line.strip()[:200])
                 continue
             qid, text = line.rstrip("\n").split("\t", 1)
+        if isinstance(qid, (bool, dict, list, float)):
+            q.add(key, f"query id is a JSON {type(qid).__name__}; use a string or an integer", line.strip()[:200])
+            continue
         qid = None if qid is None else str(qid).strip()
         text = text.strip() if isinstance(text, str) else None
         if not qid or not text:
             q.add(key, "query has no id or no text", line.strip()[:200])
+            continue
+        if not trec_safe(qid):
+            q.add(key, f"query id {qid[:80]!r} contains whitespace, which splits a TREC line", line.strip()[:200])
             continue
         if qid in seen:
             dups += 1
@@ -211,11 +217,26 @@ def source_names(documents: pa.Table | None) -> dict[str, str]:
     one no other document shares; TREC files written with it score against the user's own qrels."""
     if documents is None or "source_id" not in documents.column_names:
         return {}
-    pairs = [(d, s) for d, s in zip(documents["doc_id"].to_pylist(), documents["source_id"].to_pylist()) if s]
+    pairs = [(d, s) for d, s in zip(documents["doc_id"].to_pylist(), documents["source_id"].to_pylist())
+             if s and trec_safe(s)]  # "my doc 1" would split the line: such a document keeps its doc_id
     counts: dict[str, int] = {}
     for _, s in pairs:
         counts[s] = counts.get(s, 0) + 1
     return {d: s for d, s in pairs if counts[s] == 1}
+
+
+def trec_safe(token: str) -> bool:
+    """A TREC field is one whitespace-free token: a space, tab or newline inside an id splits or
+    adds lines, and trec_eval then scores other ids than the ones written."""
+    return bool(token) and not any(c.isspace() for c in token)
+
+
+def _check_fields(kind: str, **columns) -> None:
+    for name, values in columns.items():
+        bad = next((v for v in values if not trec_safe(str(v))), None)
+        if bad is not None:
+            raise ValueError(f"cannot write TREC {kind}: the {name} {str(bad)[:80]!r} is empty or contains "
+                             "whitespace, which splits a TREC line; rename it (ids are single tokens)")
 
 
 def named(table: pa.Table, doc_names: dict[str, str] | None, column: str = "doc_id") -> pa.Table:
@@ -232,6 +253,7 @@ def write_qrels(table: pa.Table, path: str | Path, relevance: str = "relevance",
     (source_names) documents are named by their sources' own ids where they have one."""
     t = named(table, doc_names)
     t = t.filter(pc.is_valid(t[relevance])).sort_by([("query_id", "ascending"), ("doc_id", "ascending")])
+    _check_fields("qrels", query_id=t["query_id"].to_pylist(), doc_id=t["doc_id"].to_pylist())
     with open(path, "w", encoding="utf-8") as f:
         for qid, did, rel in zip(*(t[c].to_pylist() for c in ("query_id", "doc_id", relevance))):
             f.write(f"{qid} 0 {did} {int(rel)}\n")
@@ -244,6 +266,7 @@ def write_run(table: pa.Table, path: str | Path, tag: str | None = None,
     documents are named by their sources' own ids where they have one."""
     t = named(table, doc_names).sort_by([("query_id", "ascending"), ("score", "descending"), ("doc_id", "ascending")])
     tags = t["tag"].to_pylist() if "tag" in t.column_names and tag is None else [tag or "corpusforge"] * t.num_rows
+    _check_fields("run", query_id=t["query_id"].to_pylist(), doc_id=t["doc_id"].to_pylist(), tag=tags)
     with open(path, "w", encoding="utf-8") as f:
         prev, rank = None, 0
         for qid, did, score, tg in zip(t["query_id"].to_pylist(), t["doc_id"].to_pylist(),
