@@ -33,7 +33,7 @@ def register(app) -> None:
 
     import typer
 
-    from flows.cli import CatalogOpt, ConfigOpt, FormatOpt, OutputFormat, ns
+    from flows.cli import CatalogOpt, ConfigOpt, FormatOpt, OutputFormat, QuietOpt, ns, quiet_progress
 
     def opt(name: str, help: str, kind=str):
         return Annotated[Optional[kind], typer.Option(name, help=help)]
@@ -57,8 +57,10 @@ def register(app) -> None:
                      epochs: opt("--epochs", "override evaluate.train.epochs", float) = None,
                      batch_size: opt("--batch-size", "override evaluate.train.batch_size", int) = None,
                      model: opt("--model", "override evaluate.train.model (the base model)") = None,
-                     format: FormatOpt = OutputFormat.table) -> int:
+                     format: FormatOpt = OutputFormat.table, quiet: QuietOpt = False) -> int:
         """Fine-tune a retriever on the exported corpus and evaluate base vs tuned (the `evaluate` flow)."""
-        return cmd_evaluate(ns(config=config, catalog=catalog, qrels=qrels, queries=queries, judge=judge,
-                               export=export, variant=variant, ablation=ablation, build=build, max_steps=max_steps,
-                               epochs=epochs, batch_size=batch_size, model=model, format=format.value))
+        with quiet_progress(quiet):
+            return cmd_evaluate(ns(config=config, catalog=catalog, qrels=qrels, queries=queries, judge=judge,
+                                   export=export, variant=variant, ablation=ablation, build=build,
+                                   max_steps=max_steps, epochs=epochs, batch_size=batch_size, model=model,
+                                   format=format.value))

@@ -33,7 +33,7 @@ def register(app) -> None:
 
     import typer
 
-    from flows.cli import CatalogOpt, ConfigOpt, ns
+    from flows.cli import CatalogOpt, ConfigOpt, QuietOpt, ns, quiet_progress
     from flows.cli_choices import JudgeKind, JudgePrior, Split
 
     def opt(name: str, help: str, kind=str):
@@ -63,11 +63,11 @@ def register(app) -> None:
                         freeze_layers: opt("--freeze-layers", "overrides judge.training.freeze_layers", int) = None,
                         batch_size: opt("--batch-size", "overrides judge.training.batch_size", int) = None,
                         seed: opt("--seed", "overrides judge.training.seed", int) = None,
-                        catalog: CatalogOpt = None, config: ConfigOpt = None) -> int:
+                        catalog: CatalogOpt = None, config: ConfigOpt = None, quiet: QuietOpt = False) -> int:
         """Train a judge (grades 0-3) from a label set: human qrels, or an LLM judge's labels."""
-        return cmd_train_judge(ns(labels=labels, name=name, split=split.value, queries=queries, docs=docs,
-                                  kind=kind.value if kind else None, prior=prior.value if prior else None,
-                                  epochs=epochs, base_model=base_model, learning_rate=learning_rate,
-                                  warmup_ratio=warmup_ratio,
-                                  max_length=max_length, freeze_layers=freeze_layers, batch_size=batch_size,
-                                  seed=seed, catalog=catalog, config=config))
+        with quiet_progress(quiet):
+            return cmd_train_judge(ns(labels=labels, name=name, split=split.value, queries=queries, docs=docs,
+                                      kind=kind.value if kind else None, prior=prior.value if prior else None,
+                                      epochs=epochs, base_model=base_model, learning_rate=learning_rate,
+                                      warmup_ratio=warmup_ratio, max_length=max_length, freeze_layers=freeze_layers,
+                                      batch_size=batch_size, seed=seed, catalog=catalog, config=config))

@@ -62,6 +62,11 @@ def test_every_argument_has_help_and_the_flags_follow_one_convention():
             assert not opts & {"--max-width", "--judges", "--runs", "--qids"}, (name, opts)
             if "--format" in opts:  # --format is the output format everywhere
                 assert p.type_descriptor.annotation is OutputFormat, name
+    long_running = {"build", "mine", "export", "judge", "evaluate", "train-judge", "search-tree-queries"}
+    for name, cmd in commands:  # every command that runs long work takes --quiet, spelled the same
+        if name in long_running:
+            quiet = next((p for p in cmd.params if "--quiet" in p.opts), None)
+            assert quiet is not None and set(quiet.opts) == {"--quiet", "-q"}, name
     export = dict(commands)["export"]
     kinds = next(p for p in export.params if p.name == "kind")
     assert kinds.multiple and "--format" not in {o for p in export.params for o in p.opts}

@@ -77,3 +77,31 @@ def test_quiet_turns_progress_off(tmp_path, monkeypatch, lines):
     run_one(cfg, SlowWords(cfg))
     assert [e for e in lines if e[0] == "batch"]
     assert not [m for kind, m in lines if kind == "line" and re.match(r"slow_words: \d+/\d+ items", m)]
+
+
+def test_training_steps_show_as_progress(monkeypatch, lines):
+    """Fine-tuning (evaluate, train-judge) reports optimisation steps through the same progress, so
+    a 7-minute training is not silent in logs and `--quiet` silences it too."""
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from tasks.runtime.progress import trainer_progress
+
+    monkeypatch.setenv("CORPUSFORGE_PROGRESS_EVERY", "0")
+    monkeypatch.delenv("CORPUSFORGE_QUIET", raising=False)
+    args, state, control = TrainingArguments(output_dir="unused", report_to="none"), TrainerState(), TrainerControl()
+    state.max_steps = 4
+    cb = trainer_progress("train export")
+    cb.on_train_begin(args, state, control)
+    for step in range(1, 5):
+        state.global_step = step
+        cb.on_step_end(args, state, control)
+    cb.on_train_end(args, state, control)
+    steps = [m for kind, m in lines if kind == "line" and m.startswith("train export: ")]
+    assert steps[0] == "train export: 4 steps to process"
+    assert [int(re.match(r"train export: (\d+)/4 steps", m).group(1)) for m in steps[1:]] == [1, 2, 3, 4, 4]
+    lines.clear()
+    monkeypatch.setenv("CORPUSFORGE_QUIET", "1")
+    cb = trainer_progress("train export")
+    cb.on_train_begin(args, state, control)
+    cb.on_step_end(args, state, control)
+    assert not [m for kind, m in lines if kind == "line"]

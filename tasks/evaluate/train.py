@@ -10,7 +10,6 @@ import logging
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from schemas.config import TrainConfig
+from tasks.runtime.progress import trainer_progress
 from tasks.runtime.stage import KEY
 
 log = logging.getLogger(__name__)
@@ -114,10 +114,11 @@ def fine_tune(export: str, variant: str, hard_negatives: bool, cfg: TrainConfig,
             learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
             seed=cfg.seed, data_seed=cfg.seed, batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy="no",
             logging_steps=max(1, steps // 10), report_to="none", use_cpu=device == "cpu",
-            dataloader_num_workers=0, disable_tqdm=not sys.stderr.isatty())
+            dataloader_num_workers=0, disable_tqdm=True)  # our progress shows the steps
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds,
                                              loss=make_loss(model, cfg))
         _log_to_logger(trainer)
+        trainer.add_callback(trainer_progress(f"train {variant}", name))
         t0 = time.perf_counter()
         result = trainer.train()
         seconds = time.perf_counter() - t0

@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from schemas.config import JudgeTraining
 from tasks.judge.cross_encoder import GRADES, MANIFEST
+from tasks.runtime.progress import trainer_progress
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,7 @@ def train_cross_encoder(pairs: pa.Table, out_dir: str | Path, params: JudgeTrain
             data_seed=params.seed, save_strategy="no", report_to=[], logging_steps=max(1, len(data) // 160),
             use_cpu=device == "cpu", disable_tqdm=True)
         trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=data, loss=loss)
+        trainer.add_callback(trainer_progress("train-judge"))
         result = trainer.train()
     seconds = time.perf_counter() - started
     out = Path(out_dir)

@@ -22,8 +22,8 @@ def quiet_by_env() -> bool:
 
 class Progress:
     def __init__(self, stage: str, *, quiet: bool = False, logger=None, every_s: float | None = None,
-                 corpus: str = ""):
-        self.stage, self.corpus = stage, corpus
+                 corpus: str = "", unit: str = "item"):
+        self.stage, self.corpus, self.unit = stage, corpus, unit
         self.quiet = quiet or quiet_by_env()
         self.logger = logger or log
         self.every_s = every_s if every_s is not None else float(os.environ.get("CORPUSFORGE_PROGRESS_EVERY", "10"))
@@ -53,9 +53,9 @@ class Progress:
         if sys.stderr.isatty():
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, desc=self.stage, unit="item", dynamic_ncols=True, leave=True)
+            self.bar = tqdm(total=total, desc=self.stage, unit=self.unit, dynamic_ncols=True, leave=True)
         else:
-            self.logger.info("%s: %d items to process", self.stage, total)
+            self.logger.info("%s: %d %ss to process", self.stage, total, self.unit)
         self._artifact(force=True)
 
     def extend(self, n: int) -> None:
@@ -89,8 +89,8 @@ class Progress:
         rate = self.done / elapsed
         left = (self.total - self.done) / rate if rate > 0 else float("nan")
         eta = f"{left:.0f}s" if left == left else "?"
-        return (f"{self.stage}: {self.done}/{self.total} items ({100 * self.done / max(self.total, 1):.0f}%), "
-                f"{rate:.1f} items/s, ETA {eta}")
+        return (f"{self.stage}: {self.done}/{self.total} {self.unit}s ({100 * self.done / max(self.total, 1):.0f}%), "
+                f"{rate:.1f} {self.unit}s/s, ETA {eta}")
 
     def close(self, failed: bool = False) -> None:
         if self.quiet or self.total == 0:
@@ -121,8 +121,29 @@ class Progress:
             if self.artifact_id is None:
                 self.artifact_id = create_progress_artifact(
                     progress=pct, key=artifact_key(self.corpus or "corpus", f"progress-{self.stage}"),
-                    description=f"{self.stage}: items done of {self.total}")
+                    description=f"{self.stage}: {self.unit}s done of {self.total}")
             else:
                 update_progress_artifact(artifact_id=self.artifact_id, progress=pct)
         except Exception as e:  # noqa: BLE001 - progress is a view, never a reason to fail
             log.debug("no progress artifact: %s", e)
+
+
+def trainer_progress(stage: str, corpus: str = ""):
+    """A transformers `TrainerCallback` that shows a trainer's optimisation steps as this module's
+    progress (bar, log lines, Prefect artifact, `--quiet`), in place of the trainer's own tqdm bar."""
+    from transformers.trainer_callback import TrainerCallback
+
+    class StepProgress(TrainerCallback):
+        def __init__(self):
+            self.progress = Progress(stage, corpus=corpus, unit="step")
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.progress.start(int(state.max_steps or 0))
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.progress.advance(state.global_step - self.progress.done)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.progress.close()
+
+    return StepProgress()
