@@ -178,6 +178,13 @@ def test_pool_names_why_a_passage_has_no_text(tmp_path):
     from tasks.runtime.reasons import reason_code
 
     assert len({reason_code(r) for r in why.values()}) == 1  # one cause, one code, whatever the ids
+    import pyarrow.parquet as pq
+
+    for table, message in ((pa.table({"id": ["p1"], "body": ["x"]}), "needs the columns doc_id .* it has id, body"),
+                           (pa.table({"id": ["p1"], "text": [5]}), "column text is int64, not a string")):
+        pq.write_table(table, tmp_path / "docs.parquet")
+        with pytest.raises(LookupError, match=message):
+            units_from_files(pairs, topics, tmp_path / "docs.parquet", "fp")
 
 
 def test_pool_from_a_run_file(tmp_path):

@@ -76,6 +76,11 @@ def read_passages(path: str | Path) -> Passages:
 
         t = pq.read_table(path)
         idcol = "doc_id" if "doc_id" in t.column_names else "id"
+        if idcol not in t.column_names or "text" not in t.column_names:
+            raise LookupError(f"passages file {path.name} needs the columns doc_id (or id) and text; it has "
+                              f"{', '.join(t.column_names) or 'none'}")
+        if not pa.types.is_string(t.schema.field("text").type) and not pa.types.is_large_string(t.schema.field("text").type):
+            raise LookupError(f"passages file {path.name}: column text is {t.schema.field('text').type}, not a string")
         out.update({str(d): x for d, x in zip(t[idcol].to_pylist(), t["text"].to_pylist())})
         return out
     with open(path, encoding="utf-8", errors="replace") as f:
