@@ -182,3 +182,35 @@ def test_the_gist_loss_trains_with_the_base_model_as_its_guide(tiny_sentence_mod
     assert "GISTEmbedLoss" in card
     shas = {m["weights_sha256"] for m in trained.values()} | {weights_sha256(tiny_sentence_model)}
     assert len(shas) == 3 and all(np.isfinite(m["loss"]) for m in trained.values())
+
+
+def test_the_saved_model_is_the_wise_ft_interpolation_of_base_and_fine_tuned(tiny_sentence_model, tmp_path):
+    """train.tuned_weight a: every weight of the saved model is a x fine-tuned + (1 - a) x base, where
+    fine-tuned is what the same training with tuned_weight 1 saves (training is seeded)."""
+    import pyarrow as pa
+    from safetensors.torch import load_file
+
+    from schemas.config import TrainConfig
+    from tasks.evaluate.train import TRAIN_FILE, WEIGHTS, fine_tune
+
+    topics = ["horses on a beach", "dogs in the snow", "a red bicycle", "a plate of pasta"]
+    rows = {"anchor": [f"photo of {t}" for t in topics], "positive": [f"a picture showing {t}" for t in topics],
+            "negative_1": [f"a picture showing {t}" for t in topics[1:] + topics[:1]]}
+    (tmp_path / "export" / "data").mkdir(parents=True)
+    pq.write_table(pa.table(rows), tmp_path / "export" / TRAIN_FILE)
+    weights = {}
+    for a in (1.0, 0.25):
+        cfg = TrainConfig(model=tiny_sentence_model, batch_size=4, max_steps=2, learning_rate=1e-2,
+                          max_seq_length=32, warmup_ratio=0.0, tuned_weight=a)
+        m = fine_tune(str(tmp_path / "export"), "mined", True, cfg, str(tmp_path / f"models-{a}"), "t")
+        weights[a] = load_file(next(Path(m["path"]).rglob(WEIGHTS)))
+        if a < 1:
+            assert "WiSE-FT" in (Path(m["path"]) / "README.md").read_text()
+    base = load_file(next(Path(tiny_sentence_model).rglob(WEIGHTS)))
+    moved = 0
+    for k, tuned in weights[1.0].items():
+        if tuned.is_floating_point():
+            expected = 0.25 * tuned + 0.75 * base[k]
+            assert np.allclose(weights[0.25][k].numpy(), expected.numpy(), atol=1e-6), k
+            moved += not np.allclose(tuned.numpy(), base[k].numpy())
+    assert moved > 0  # the training moved weights, so the check above compared different endpoints

@@ -32,6 +32,10 @@ class TrainConfig(Strict):
         "mnrl", description="mnrl: MultipleNegativesRankingLoss; gist: GISTEmbedLoss with the base model as the "
         "frozen guide, which masks in-batch and hard negatives the guide scores above the positive (false "
         "negatives: passages of the same topic share a batch)")
+    tuned_weight: float = Field(
+        0.5, gt=0, le=1, description="the share of the fine-tuned weights in the saved model, the rest the base "
+        "model's (WiSE-FT weight-space ensembling, Wortsman et al. 2022, at its usual midpoint); 1: the plain "
+        "fine-tuned model. The midpoint keeps what the base retriever knows while taking up the corpus")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = resource("auto")
     threads: int | None = resource(None, ge=1, description="torch threads; default: all local cores")

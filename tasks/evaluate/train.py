@@ -80,6 +80,18 @@ def weights_sha256(folder: str | Path) -> str:
     return h.hexdigest()
 
 
+def interpolate(model, base: dict, tuned_weight: float) -> None:
+    """WiSE-FT: every floating-point weight becomes tuned_weight x fine-tuned + (1 - tuned_weight) x
+    base, in place (integer buffers such as position ids are the same in both and are kept)."""
+    import torch
+
+    state = model.state_dict()
+    with torch.no_grad():
+        for k, v in state.items():
+            if v.is_floating_point():
+                v.mul_(tuned_weight).add_(base[k].to(v.device), alpha=1.0 - tuned_weight)
+
+
 def fine_tune(export: str, variant: str, hard_negatives: bool, cfg: TrainConfig, models_dir: str, name: str,
               device: str = "cpu") -> dict:
     """Train one model; returns the OUTPUTS row (without the cache key)."""
@@ -95,8 +107,11 @@ def fine_tune(export: str, variant: str, hard_negatives: bool, cfg: TrainConfig,
     ds = training_rows(export, cfg.num_negatives if hard_negatives else 0)
     path, base_name = resolve_model(cfg.model)
     card = SentenceTransformerModelCardData(
-        language="en", model_name=f"{base_name} fine-tuned on {name} ({variant}) by corpusforge",
-        train_datasets=[{"name": f"corpusforge export {Path(export).name}"}], tags=["corpusforge", variant],
+        language="en", model_name=f"{base_name} fine-tuned on {name} ({variant}) by corpusforge" + (
+            f", {cfg.tuned_weight:g} fine-tuned / {1 - cfg.tuned_weight:g} base weights (WiSE-FT)"
+            if cfg.tuned_weight < 1 else ""),
+        train_datasets=[{"name": f"corpusforge export {Path(export).name}"}],
+        tags=["corpusforge", variant] + (["wise-ft"] if cfg.tuned_weight < 1 else []),
         local_files_only=True, generate_widget_examples=False)
     model = SentenceTransformer(path, device=device, revision=cfg.revision, model_card_data=card,
                                 local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
@@ -119,9 +134,12 @@ def fine_tune(export: str, variant: str, hard_negatives: bool, cfg: TrainConfig,
                                              loss=make_loss(model, cfg))
         _log_to_logger(trainer)
         trainer.add_callback(trainer_progress(f"train {variant}", name))
+        base = {k: v.detach().clone() for k, v in model.state_dict().items()} if cfg.tuned_weight < 1 else None
         t0 = time.perf_counter()
         result = trainer.train()
         seconds = time.perf_counter() - t0
+        if base is not None:
+            interpolate(model, base, cfg.tuned_weight)
         model.max_seq_length = encode_length  # encode with the base model's length, as the base is evaluated
         staged = work / "model"
         model.save(str(staged))
