@@ -20,8 +20,8 @@ class TrainConfig(Strict):
     max_steps: int | None = Field(80, ge=1, description="stop after this many optimizer steps (None: the full epochs)")
     batch_size: int = Field(32, ge=2, description="rows per step; MNRL uses the other rows as in-batch negatives")
     learning_rate: float = Field(1e-5, gt=0, description="low: the base model is already a tuned retriever, and "
-                                 "synthetic queries pull it away from what it knows (LLMJudge: 5e-5 lost 0.060 "
-                                 "nDCG@10, 1e-5 lost 0.015)")
+                                 "synthetic queries pull it away from what it knows (LLMJudge, plain fine-tuned: "
+                                 "5e-5 lost 0.060 nDCG@10, 1e-5 lost 0.015)")
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.01, ge=0)
     max_seq_length: int = Field(128, ge=8, description="truncation while training; the saved model keeps the "

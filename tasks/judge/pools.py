@@ -79,8 +79,9 @@ def read_passages(path: str | Path) -> Passages:
         if idcol not in t.column_names or "text" not in t.column_names:
             raise LookupError(f"passages file {path.name} needs the columns doc_id (or id) and text; it has "
                               f"{', '.join(t.column_names) or 'none'}")
-        if not pa.types.is_string(t.schema.field("text").type) and not pa.types.is_large_string(t.schema.field("text").type):
-            raise LookupError(f"passages file {path.name}: column text is {t.schema.field('text').type}, not a string")
+        kind = t.schema.field("text").type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            raise LookupError(f"passages file {path.name}: column text is {kind}, not a string")
         out.update({str(d): x for d, x in zip(t[idcol].to_pylist(), t["text"].to_pylist())})
         return out
     with open(path, encoding="utf-8", errors="replace") as f:
@@ -151,7 +152,8 @@ def units_from_files(pairs: str | Path, queries: str | Path, docs: str | Path, f
             why = passages.why.get(did) or ("it is not in the file" if did not in passages else "its text is empty")
             if did not in passages and passages.unreadable:
                 why += f" ({passages.unreadable} of its lines could not be read as a passage with an id)"
-            rejected.append({"key": f"{qid}/{did}", "reason": f"document '{did}' has no text in {Path(docs).name}: {why}"})
+            rejected.append({"key": f"{qid}/{did}",
+                             "reason": f"document '{did}' has no text in {Path(docs).name}: {why}"})
         else:
             ok.append((qid, qt, did, dt, None, None))
     return pair_units(ok, fp, rejected, duplicates)
