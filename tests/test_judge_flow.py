@@ -47,7 +47,7 @@ def test_judge_flow_from_trec_files(tmp_path, ray_local, prefect_harness, capsys
     assert stage[0] == {"rows_in": 41, "rows_out": 40, "rows_quarantined": 1, "model_calls": len(distinct) + len(texts),
                         "cache_hits": 0}
     q = cat.query("SELECT reason FROM quarantine WHERE stage = 'judge'").to_pylist()
-    assert "no-such-passage has no text" in q[0]["reason"]
+    assert "'no-such-passage' has no text" in q[0]["reason"] and "not in the file" in q[0]["reason"]
 
     # the reference labels for the same pairs, then agreement through the CLI on catalog judges
     assert main(["import-qrels", "--catalog", str(catalog), str(DATA / "llmjudge_test_qrel_idx.txt")]) == 0
